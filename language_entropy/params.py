@@ -1,0 +1,336 @@
+"""Typed, validated parameters: one small frozen config per params.yaml section.
+
+`load_params` reads params.yaml and builds every section; any unknown key, wrong type or
+out-of-range value raises `ParamsError` with one line naming the key, the rule and the value,
+e.g. ``params.yaml: data.digits.min must be >= 1 (got 0)``. Components receive only the
+section they need (``params.model``, ``params.loss`` ...), never the whole file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+OPERATIONS = ("add", "sub", "mul", "div")
+
+
+class ParamsError(ValueError):
+    """A user mistake in params: the message is one line naming the key, the rule and the value."""
+
+
+def _require(ok: bool, key: str, rule: str, value: object) -> None:
+    if not ok:
+        raise ParamsError(f"{key} {rule} (got {value!r})")
+
+
+@dataclass(frozen=True)
+class DigitRange:
+    min: int
+    max: int
+
+    def __post_init__(self):
+        _require(self.min >= 1, "min", "must be >= 1", self.min)
+        _require(self.max <= 30, "max", "must be <= 30", self.max)
+        _require(self.max >= self.min, "max", f"must be >= min ({self.min})", self.max)
+
+    @property
+    def lengths(self) -> range:
+        return range(self.min, self.max + 1)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    operations: tuple[str, ...] = ("add", "sub")
+    digits: DigitRange = DigitRange(1, 3)
+    ood_digits: DigitRange = DigitRange(4, 5)
+    train_size: int = 100_000
+    val_size: int = 1_000
+    test_size: int = 2_000
+    ood_size: int = 1_000
+    reverse_answer: bool = True
+
+    def __post_init__(self):
+        _require(len(self.operations) > 0, "operations", "must name at least one operation", list(self.operations))
+        for op in self.operations:
+            _require(op in OPERATIONS, "operations", f"must be a subset of {list(OPERATIONS)}", op)
+        _require(len(set(self.operations)) == len(self.operations), "operations", "must not repeat",
+                 list(self.operations))
+        for name in ("train_size", "val_size", "test_size", "ood_size"):
+            _require(getattr(self, name) > 0, name, "must be > 0", getattr(self, name))
+
+
+@dataclass(frozen=True)
+class EntropyConfig:
+    """Theoretical entropy of the answers (compute-theoretical-entropy stage)."""
+
+    exact_limit: int = 1_000_000  # enumerate a bucket exactly when it has at most this many operand pairs
+    mc_samples: int = 200_000  # Monte Carlo samples for a bucket too large to enumerate
+    chunk_size: int = 1_000_000  # operand pairs per vectorised chunk: bounds memory
+
+    def __post_init__(self):
+        for name in ("exact_limit", "mc_samples", "chunk_size"):
+            _require(getattr(self, name) >= 1, name, "must be >= 1", getattr(self, name))
+
+
+POS_ENCODINGS = ("abacus", "rope", "learned")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    n_layer: int = 3
+    n_head: int = 4
+    n_embd: int = 96
+    dropout: float = 0.0
+    pos_encoding: str = "abacus"
+    abacus_max_offset: int = 4  # random place-value offset in training, so longer numbers than seen still align
+    max_seq_len: int = 96  # longest token sequence (prompt + answer + bos/eos); also the position table size
+
+    def __post_init__(self):
+        for name in ("n_layer", "n_head", "n_embd", "max_seq_len"):
+            _require(getattr(self, name) >= 1, name, "must be >= 1", getattr(self, name))
+        _require(self.n_embd % self.n_head == 0, "n_embd", f"must be divisible by n_head ({self.n_head})", self.n_embd)
+        _require((self.n_embd // self.n_head) % 2 == 0, "n_embd", "must give an even head size (n_embd / n_head)",
+                 self.n_embd)
+        _require(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)", self.dropout)
+        _require(self.pos_encoding in POS_ENCODINGS, "pos_encoding", f"must be one of {list(POS_ENCODINGS)}",
+                 self.pos_encoding)
+        _require(self.abacus_max_offset >= 0, "abacus_max_offset", "must be >= 0", self.abacus_max_offset)
+
+
+ENTROPY_MASKS = ("none", "drop_high", "keep_high")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    entropy_weight: float = 0.0  # > 0 penalises entropy, < 0 is an entropy bonus, 0 switches the term off
+    entropy_temperature: float = 1.0
+    entropy_target: float | None = None  # bits; when set, the coefficient is learned (SAC-style bonus)
+    entropy_coef_init: float = 0.01  # starting bonus coefficient when entropy_target is set
+    entropy_coef_lr: float = 0.01
+    continuity_weight: float = 0.0
+    continuity_on: str | int = "final"  # "embedding", "final", or a layer index (0 = embeddings)
+    continuity_positions: str = "answer"  # "answer" or "all"
+    continuity_metric: str = "l2"  # "l2" (original design) or "cosine"
+    entropy_mask: str = "none"
+    entropy_mask_quantile: float = 0.8
+    entropy_chunk_size: int = 4096  # rows of logits per chunk when computing entropy
+
+    def __post_init__(self):
+        _require(self.entropy_temperature > 0, "entropy_temperature", "must be > 0", self.entropy_temperature)
+        if self.entropy_target is not None:
+            _require(self.entropy_target >= 0, "entropy_target", "must be >= 0 bits or null", self.entropy_target)
+        _require(self.entropy_coef_init > 0, "entropy_coef_init", "must be > 0", self.entropy_coef_init)
+        _require(self.entropy_coef_lr > 0, "entropy_coef_lr", "must be > 0", self.entropy_coef_lr)
+        _require(self.continuity_weight >= 0, "continuity_weight", "must be >= 0", self.continuity_weight)
+        if isinstance(self.continuity_on, str):
+            _require(self.continuity_on in ("embedding", "final"), "continuity_on",
+                     "must be 'embedding', 'final' or a layer index >= 0", self.continuity_on)
+        else:
+            _require(self.continuity_on >= 0, "continuity_on", "must be 'embedding', 'final' or a layer index >= 0",
+                     self.continuity_on)
+        _require(self.continuity_positions in ("answer", "all"), "continuity_positions", "must be 'answer' or 'all'",
+                 self.continuity_positions)
+        _require(self.continuity_metric in ("l2", "cosine"), "continuity_metric", "must be 'l2' or 'cosine'",
+                 self.continuity_metric)
+        _require(self.entropy_mask in ENTROPY_MASKS, "entropy_mask", f"must be one of {list(ENTROPY_MASKS)}",
+                 self.entropy_mask)
+        _require(0.0 < self.entropy_mask_quantile < 1.0, "entropy_mask_quantile", "must be in (0, 1)",
+                 self.entropy_mask_quantile)
+        _require(self.entropy_chunk_size >= 1, "entropy_chunk_size", "must be >= 1", self.entropy_chunk_size)
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 250
+    checkpoint_every: int = 500
+    device: str = "auto"
+    compile: bool = False
+    nproc_per_node: int = 1  # > 1: the stage relaunches itself through torchrun (DDP)
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "nproc_per_node"):
+            _require(getattr(self, name) >= 1, name, "must be >= 1", getattr(self, name))
+        _require(self.lr > 0, "lr", "must be > 0", self.lr)
+        _require(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", "must be in [0, 1]", self.min_lr_ratio)
+        _require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0", self.warmup_steps)
+        _require(self.weight_decay >= 0, "weight_decay", "must be >= 0", self.weight_decay)
+        _require(self.grad_clip > 0, "grad_clip", "must be > 0", self.grad_clip)
+        _require(self.device in DEVICES, "device", f"must be one of {list(DEVICES)}", self.device)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    samples: int | None = None  # problems per split; null = the whole split
+    batch_size: int = 512
+    temperatures: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5)
+    top_k: int | None = None
+    top_p: float | None = None
+    calibration_bins: int = 15
+    semantic_problems: int = 200
+    semantic_samples: int = 10
+    semantic_temperature: float = 1.0
+
+    def __post_init__(self):
+        if self.samples is not None:
+            _require(self.samples >= 1, "samples", "must be >= 1 or null", self.samples)
+        _require(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
+        _require(len(self.temperatures) > 0, "temperatures", "must list at least one temperature", [])
+        for t in self.temperatures:
+            _require(t >= 0, "temperatures", "must all be >= 0 (0 = greedy)", t)
+        if self.top_k is not None:
+            _require(self.top_k >= 1, "top_k", "must be >= 1 or null", self.top_k)
+        if self.top_p is not None:
+            _require(0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1] or null", self.top_p)
+        _require(self.calibration_bins >= 1, "calibration_bins", "must be >= 1", self.calibration_bins)
+        _require(self.semantic_problems >= 1, "semantic_problems", "must be >= 1", self.semantic_problems)
+        _require(self.semantic_samples >= 2, "semantic_samples", "must be >= 2", self.semantic_samples)
+        _require(self.semantic_temperature > 0, "semantic_temperature", "must be > 0", self.semantic_temperature)
+
+
+@dataclass(frozen=True)
+class VizConfig:
+    trajectories: int = 8  # problems whose generation trajectories are drawn
+    layers: tuple[int, ...] = (0, 3)  # hidden-state indices: 0 = input embeddings, n_layer = final layer
+    dpi: int = 110
+
+    def __post_init__(self):
+        _require(self.trajectories >= 1, "trajectories", "must be >= 1", self.trajectories)
+        _require(len(self.layers) > 0, "layers", "must list at least one layer", [])
+        for layer in self.layers:
+            _require(layer >= 0, "layers", "must all be >= 0", layer)
+        _require(self.dpi >= 30, "dpi", "must be >= 30", self.dpi)
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    experiment: str = "language-entropy"
+
+    def __post_init__(self):
+        _require(bool(self.experiment.strip()), "experiment", "must not be empty", self.experiment)
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """Every file the pipeline reads or writes, relative to the repository root (dvc.yaml templates these)."""
+
+    data: str = "data"
+    model: str = "models/model.pt"
+    resume: str = "checkpoints"  # outside the stage's outs, so DVC does not delete the resume state
+    metrics: str = "metrics"
+    plots: str = "plots"
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = 0
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    entropy: EntropyConfig = field(default_factory=EntropyConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    viz: VizConfig = field(default_factory=VizConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+    def __post_init__(self):
+        _require(0 <= self.seed < 2**32, "seed", "must be in [0, 2**32)", self.seed)
+
+    def flat(self) -> dict[str, object]:
+        """Every value under its dotted params.yaml name, e.g. ``{"loss.entropy_weight": 0.2}``."""
+        return _flatten(dataclasses.asdict(self))
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def _coerce(value: object, hint: object, key: str) -> object:
+    """Check `value` against a type hint (int, float, bool, str, tuple[T, ...], Optional, unions)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None:
+            _require(type(None) in options, key, "must not be null", value)
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _coerce(value, option, key)
+            except ParamsError as error:
+                errors.append(error)
+        raise errors[0] if len(errors) == 1 else ParamsError(
+            f"{key} must be one of the types {[getattr(o, '__name__', str(o)) for o in options]} (got {value!r})")
+    if origin is tuple:
+        _require(isinstance(value, list | tuple), key, "must be a list", value)
+        (item_hint, _) = typing.get_args(hint)
+        return tuple(_coerce(item, item_hint, key) for item in value)
+    if dataclasses.is_dataclass(hint):
+        _require(isinstance(value, dict), key, "must be a mapping", value)
+        return _build(hint, value, f"{key}.")
+    if hint is bool:
+        _require(isinstance(value, bool), key, "must be true or false", value)
+    elif hint is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), key, "must be an integer", value)
+    elif hint is float:
+        _require(isinstance(value, int | float) and not isinstance(value, bool), key, "must be a number", value)
+        value = float(value)
+        _require(math.isfinite(value), key, "must be finite", value)
+    elif hint is str:
+        _require(isinstance(value, str), key, "must be a string", value)
+    return value
+
+
+def _build(cls: type, mapping: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in mapping:
+        _require(key in names, f"{prefix}{key}", f"is not a known key (known: {', '.join(names)})", mapping[key])
+    values = {name: _coerce(mapping[name], hints[name], f"{prefix}{name}") for name in names if name in mapping}
+    try:
+        return cls(**values)
+    except ParamsError as error:  # __post_init__ names the key relative to its section: add the section
+        raise ParamsError(f"{prefix}{error}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; every problem is a one-line `ParamsError` naming the file and key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ParamsError(f"{path}: not valid YAML{where}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: must be a mapping of sections (got {type(raw).__name__})")
+    try:
+        return _build(Params, raw)
+    except ParamsError as error:
+        raise ParamsError(f"{path}: {error}") from None

@@ -1,0 +1,365 @@
+"""Figures of the pipeline: one function per figure, plain data in, one PNG out.
+
+Every function takes pandas DataFrames / numpy arrays in the formats of the metrics files
+(metrics/*.csv), an output path and a `dpi`, and writes one PNG of exactly ``figsize * dpi``
+pixels (no tight bounding box; constrained layout keeps labels inside). Figures are built
+with matplotlib's object API on the Agg canvas, never through pyplot, so nothing is
+registered globally, no display is needed and the figure is closed (freed) after saving.
+Entropies are in bits.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+SPLIT_TITLES = {"test": "test (in distribution)", "test_ood": "test_ood (longer operands)"}
+RIGHT, WRONG = "-", "--"  # line styles of right and wrong answers in the trajectories
+ENTROPY_STEP_PREFIX = "entropy_step_"
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """One generated answer: its label (e.g. ``12+7=19``), whether it was right, the emitted
+    tokens and, per hidden-state index (0 = input embeddings), the states that emitted them:
+    ``states[layer]`` has shape (len(tokens), C)."""
+
+    label: str
+    correct: bool
+    tokens: Sequence[str]
+    states: Mapping[int, np.ndarray]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def pca(x: np.ndarray, n_components: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Principal components of the rows of `x` (n, C) by SVD of the centred data.
+
+    Returns (projection (n, k), components (k, C), explained variance ratio (k,)). Signs are
+    fixed so that each component's largest-magnitude loading is positive. Components beyond
+    the data's rank (fewer than k rows or columns) are zero, with ratio 0.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if n_components < 1:
+        raise ValueError(f"pca needs n_components >= 1 (got {n_components})")
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"pca needs a non-empty 2-D array (got shape {x.shape})")
+    centred = x - x.mean(axis=0)
+    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+    k = min(n_components, vt.shape[0])
+    vt = vt[:k] * np.sign(vt[:k][np.arange(k), np.abs(vt[:k]).argmax(axis=1)])[:, None]
+    variance = singular**2
+    total = variance.sum()
+    ratio = variance[:k] / total if total > 0 else np.zeros(k)
+    components = np.zeros((n_components, x.shape[1]))
+    components[:k] = vt
+    explained = np.zeros(n_components)
+    explained[:k] = ratio
+    return centred @ components.T, components, explained
+
+
+def _figure(nrows: int, ncols: int, figsize: tuple[float, float], **kwargs) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kwargs)
+    return fig, axes
+
+
+def _save(fig: Figure, path: str | Path, dpi: int) -> Path:
+    """Write `fig` as a PNG of figsize * dpi pixels (parents created) and free it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, format="png")
+    fig.clear()
+    return path
+
+
+def _require_columns(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what} lacks column(s) {missing} (has {list(df.columns)})")
+
+
+def _splits(df: pd.DataFrame) -> list[str]:
+    """The splits present, known ones first in their usual order."""
+    present = list(dict.fromkeys(df["split"]))
+    return [s for s in SPLIT_TITLES if s in present] + [s for s in present if s not in SPLIT_TITLES]
+
+
+def _colours(n: int) -> list:
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _style_legend(fig: Figure, styles: Mapping[str, str], **kwargs):
+    """A figure legend of line styles only (grey lines), beside any other legend."""
+    handles = [Line2D([], [], color="grey", linestyle=ls) for ls in styles.values()]
+    return fig.legend(handles, list(styles), **kwargs)
+
+
+def entropy_step_columns(train_curve: pd.DataFrame) -> list[tuple[int, str]]:
+    """(answer step, column) of every ``entropy_step_<k>`` column, by step."""
+    found = [(int(m.group(1)), c) for c in train_curve.columns
+             if (m := re.fullmatch(rf"{ENTROPY_STEP_PREFIX}(\d+)", str(c)))]
+    return sorted(found)
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def plot_trajectories(trajectories: Sequence[Trajectory], layers: Sequence[int], path: str | Path,
+                      dpi: int = 110) -> Path:
+    """Generation trajectories in hidden-state space, one subplot per layer.
+
+    Each layer's PCA is fitted on all states of all trajectories at that layer; a trajectory
+    is its states joined in step order, each point annotated with the token it emitted, the
+    first one drawn as a square. Colour tells problems apart, line style right (solid) from
+    wrong (dashed).
+    """
+    if not trajectories:
+        raise ValueError("plot_trajectories needs at least one trajectory")
+    for t in trajectories:
+        for layer in layers:
+            if layer not in t.states:
+                raise ValueError(f"trajectory {t.label!r} has no states for layer {layer} (has {sorted(t.states)})")
+            if len(t.states[layer]) != len(t.tokens):
+                raise ValueError(f"trajectory {t.label!r}: {len(t.states[layer])} states at layer {layer} "
+                                 f"but {len(t.tokens)} tokens")
+    fig, axes = _figure(1, len(layers), (5.0 * len(layers) + 2.5, 5.0))
+    colours = _colours(len(trajectories))
+    for ax, layer in zip(axes[0], layers, strict=True):
+        projected, _, ratio = pca(np.concatenate([np.asarray(t.states[layer]) for t in trajectories]))
+        bounds = np.cumsum([0] + [len(t.tokens) for t in trajectories])
+        for t, colour, start, stop in zip(trajectories, colours, bounds[:-1], bounds[1:], strict=True):
+            xy = projected[start:stop]
+            ax.plot(xy[:, 0], xy[:, 1], linestyle=RIGHT if t.correct else WRONG, marker="o", markersize=4,
+                    color=colour, label=f"{t.label} ({'right' if t.correct else 'wrong'})")
+            ax.plot(xy[:1, 0], xy[:1, 1], marker="s", markersize=8, color=colour, linestyle="none")
+            for (x, y), token in zip(xy, t.tokens, strict=True):
+                ax.annotate(token, (x, y), xytext=(3, 3), textcoords="offset points", fontsize=8, color=colour)
+        ax.set_title(f"layer {layer}" + (" (input embeddings)" if layer == 0 else ""))
+        ax.set_xlabel(f"PC1 ({100 * ratio[0]:.1f}% of variance)")
+        ax.set_ylabel(f"PC2 ({100 * ratio[1]:.1f}% of variance)")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", title="problem (square = first token)", fontsize=8)
+    fig.suptitle("Hidden-state trajectories while generating the answer (PCA per layer)")
+    return _save(fig, path, dpi)
+
+
+def plot_digit_geometry(embeddings: np.ndarray, path: str | Path, dpi: int = 110) -> Path:
+    """Token embeddings of the digits 0-9 (array (10, C)): their 2-D PCA with consecutive
+    digits joined, beside their cosine-similarity matrix."""
+    embeddings = np.asarray(embeddings, dtype=np.float64)
+    if embeddings.ndim != 2 or embeddings.shape[0] != 10:
+        raise ValueError(f"digit embeddings must have shape (10, C) (got {embeddings.shape})")
+    fig, axes = _figure(1, 2, (11.0, 5.0))
+    ax_pca, ax_cos = axes[0]
+
+    projected, _, ratio = pca(embeddings)
+    ax_pca.plot(projected[:, 0], projected[:, 1], color="tab:blue", marker="o", alpha=0.7)
+    for digit, (x, y) in enumerate(projected):
+        ax_pca.annotate(str(digit), (x, y), xytext=(4, 4), textcoords="offset points", fontsize=11, weight="bold")
+    ax_pca.set_title("Digit embeddings, PCA (consecutive digits joined)")
+    ax_pca.set_xlabel(f"PC1 ({100 * ratio[0]:.1f}% of variance)")
+    ax_pca.set_ylabel(f"PC2 ({100 * ratio[1]:.1f}% of variance)")
+    ax_pca.grid(alpha=0.3)
+
+    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+    unit = embeddings / np.where(norms > 0, norms, 1.0)
+    cosine = unit @ unit.T
+    image = ax_cos.imshow(cosine, cmap="RdBu_r", vmin=-1.0, vmax=1.0)
+    for (i, j), value in np.ndenumerate(cosine):
+        ax_cos.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7,
+                    color="white" if abs(value) > 0.6 else "black")
+    ax_cos.set_xticks(range(10), [str(d) for d in range(10)])
+    ax_cos.set_yticks(range(10), [str(d) for d in range(10)])
+    ax_cos.set_xlabel("digit")
+    ax_cos.set_ylabel("digit")
+    ax_cos.set_title("Cosine similarity of digit embeddings")
+    fig.colorbar(image, ax=ax_cos, label="cosine similarity")
+    return _save(fig, path, dpi)
+
+
+def plot_entropy_by_step(entropy_by_step: pd.DataFrame, path: str | Path, dpi: int = 110) -> Path:
+    """Model entropy per answer step against the theoretical marginal (dotted) and conditional
+    (dashed) entropy; one panel per split, one colour per operation.
+
+    entropy_by_step: metrics/entropy_by_step.csv (split, operation, step, model_entropy_bits,
+    theoretical_marginal_bits, theoretical_conditional_bits, accuracy).
+    """
+    _require_columns(entropy_by_step, ["split", "operation", "step", "model_entropy_bits",
+                                       "theoretical_marginal_bits", "theoretical_conditional_bits"],
+                     "entropy_by_step")
+    splits = _splits(entropy_by_step)
+    operations = list(dict.fromkeys(entropy_by_step["operation"]))
+    colours = dict(zip(operations, _colours(len(operations)), strict=True))
+    curves = {"model": ("model_entropy_bits", "-"), "theoretical marginal": ("theoretical_marginal_bits", ":"),
+              "theoretical conditional": ("theoretical_conditional_bits", "--")}
+    fig, axes = _figure(1, len(splits), (5.5 * len(splits), 4.5), sharey=True)
+    for ax, split in zip(axes[0], splits, strict=True):
+        rows = entropy_by_step[entropy_by_step["split"] == split]
+        for op, group in rows.groupby("operation", sort=False):
+            group = group.sort_values("step")
+            for column, style in curves.values():
+                ax.plot(group["step"], group[column], linestyle=style, color=colours[op],
+                        marker="o" if style == "-" else None, label=op if style == "-" else None)
+        ax.set_title(SPLIT_TITLES.get(split, split))
+        ax.set_xlabel("answer step (token index after '=')")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("entropy (bits)")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, title="operation", loc="outside right upper", fontsize=8)
+    _style_legend(fig, {name: style for name, (_, style) in curves.items()}, loc="outside right lower", fontsize=8)
+    fig.suptitle("Entropy of the next answer token, model vs theory")
+    return _save(fig, path, dpi)
+
+
+def plot_entropy_during_training(train_curve: pd.DataFrame, theory: pd.DataFrame | None, path: str | Path,
+                                 dpi: int = 110) -> Path:
+    """Mean validation entropy of each answer step over training, with each step's theoretical
+    conditional entropy as a dashed horizontal line of the same colour.
+
+    train_curve: metrics/train_curve.csv (``step`` and ``entropy_step_<k>`` columns; NaN rows,
+    where entropy was not measured, are skipped). theory: one DataFrame with columns ``step``
+    (answer step) and ``conditional_bits`` (``marginal_bits`` may be present, it is not drawn)
+    for the validation distribution: with several operations, the caller passes their mixture
+    (the operation-weighted mean, since the prompt names the operation). None draws no levels.
+    """
+    _require_columns(train_curve, ["step"], "train_curve")
+    steps = entropy_step_columns(train_curve)
+    if not steps:
+        raise ValueError(f"train_curve has no {ENTROPY_STEP_PREFIX}<k> columns")
+    levels = {}
+    if theory is not None:
+        _require_columns(theory, ["step", "conditional_bits"], "theory")
+        levels = dict(zip(theory["step"].astype(int), theory["conditional_bits"], strict=True))
+    cmap = colormaps["viridis"]
+    fig, axes = _figure(1, 1, (9.0, 5.0))
+    ax = axes[0, 0]
+    for i, (k, column) in enumerate(steps):
+        colour = cmap(i / max(len(steps) - 1, 1))
+        measured = train_curve[["step", column]].dropna()
+        ax.plot(measured["step"], measured[column], marker="o", markersize=3, color=colour, label=f"answer step {k}")
+        if k in levels and np.isfinite(levels[k]):
+            ax.axhline(levels[k], color=colour, linestyle="--", linewidth=1)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("mean entropy on validation (bits)")
+    ax.set_title("Entropy per answer step during training (dashed: theoretical conditional)")
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside right upper", fontsize=8)
+    _style_legend(fig, {"model (validation)": "-", "theoretical conditional": "--"}, loc="outside right lower",
+                  fontsize=8)
+    return _save(fig, path, dpi)
+
+
+LOSS_TERMS = ("loss", "ce_loss", "continuity_loss", "entropy_loss", "val_loss")
+
+
+def plot_training_curves(train_curve: pd.DataFrame, path: str | Path, dpi: int = 110) -> Path:
+    """Every loss term against the training step (left; log scale when all drawn values are
+    positive) and the validation exact match (right).
+
+    train_curve: metrics/train_curve.csv. A term that is zero or NaN throughout (switched off)
+    is left out; NaN rows (e.g. val_loss between evaluations) are skipped per term.
+    """
+    _require_columns(train_curve, ["step", "val_exact_match"], "train_curve")
+    fig, axes = _figure(1, 2, (12.0, 4.5))
+    ax_loss, ax_em = axes[0]
+    drawn = []
+    for term in (t for t in LOSS_TERMS if t in train_curve.columns):
+        values = train_curve[["step", term]].dropna()
+        if values.empty or not values[term].ne(0).any():
+            continue
+        ax_loss.plot(values["step"], values[term], label=term, marker="o" if term == "val_loss" else None,
+                     markersize=3, linewidth=1.2)
+        drawn.append(values[term].to_numpy())
+    if drawn and (np.concatenate(drawn) > 0).all():
+        ax_loss.set_yscale("log")
+    ax_loss.set_xlabel("training step")
+    ax_loss.set_ylabel("loss value per answer token")
+    ax_loss.set_title("Loss terms (cross-entropy in nats)")
+    ax_loss.grid(alpha=0.3, which="both")
+    if drawn:
+        ax_loss.legend(fontsize=8)
+
+    measured = train_curve[["step", "val_exact_match"]].dropna()
+    ax_em.plot(measured["step"], measured["val_exact_match"], marker="o", markersize=3, color="tab:green")
+    ax_em.set_ylim(-0.02, 1.02)
+    ax_em.set_xlabel("training step")
+    ax_em.set_ylabel("exact match (fraction of problems)")
+    ax_em.set_title("Validation exact match")
+    ax_em.grid(alpha=0.3)
+    return _save(fig, path, dpi)
+
+
+def plot_reliability(reliability: pd.DataFrame, path: str | Path, dpi: int = 110,
+                     ece: Mapping[str, float] | None = None) -> Path:
+    """Reliability diagram per split: accuracy of each confidence bin as bars over the bin,
+    the gap to the bin's mean confidence in red, and the diagonal of perfect calibration.
+
+    reliability: metrics/reliability.csv (split, bin, bin_lower, bin_upper, count, confidence,
+    accuracy, gap); empty bins (count 0) are not drawn. ece: split -> expected calibration
+    error, shown in the panel title when given.
+    """
+    _require_columns(reliability, ["split", "bin_lower", "bin_upper", "count", "confidence", "accuracy"],
+                     "reliability")
+    splits = _splits(reliability)
+    fig, axes = _figure(1, len(splits), (5.0 * len(splits), 5.0), sharey=True)
+    for ax, split in zip(axes[0], splits, strict=True):
+        rows = reliability[(reliability["split"] == split) & (reliability["count"] > 0)]
+        width = rows["bin_upper"] - rows["bin_lower"]
+        ax.bar(rows["bin_lower"], rows["accuracy"], width=width, align="edge", color="tab:blue",
+               edgecolor="black", linewidth=0.5, label="accuracy")
+        ax.bar(rows["bin_lower"], rows["confidence"] - rows["accuracy"], bottom=rows["accuracy"], width=width,
+               align="edge", color="tab:red", alpha=0.35, edgecolor="tab:red", label="gap to confidence")
+        ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+        title = SPLIT_TITLES.get(split, split)
+        if ece is not None and split in ece:
+            title += f", ECE = {ece[split]:.3f}"
+        ax.set_title(title)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_aspect("equal")
+        ax.set_xlabel("confidence (probability of the emitted token)")
+        ax.legend(loc="upper left", fontsize=8)
+    axes[0, 0].set_ylabel("accuracy (fraction correct)")
+    fig.suptitle("Reliability diagram")
+    return _save(fig, path, dpi)
+
+
+def plot_temperature(temperature: pd.DataFrame, path: str | Path, dpi: int = 110) -> Path:
+    """Exact match (left) and mean entropy (right) against the sampling temperature, a line
+    per split. temperature: metrics/temperature.csv (split, temperature, exact_match,
+    mean_entropy_bits); temperature 0 is greedy decoding."""
+    _require_columns(temperature, ["split", "temperature", "exact_match", "mean_entropy_bits"], "temperature")
+    fig, axes = _figure(1, 2, (11.0, 4.5))
+    ax_em, ax_h = axes[0]
+    splits = _splits(temperature)
+    for split, colour in zip(splits, _colours(len(splits)), strict=True):
+        rows = temperature[temperature["split"] == split].sort_values("temperature")
+        label = SPLIT_TITLES.get(split, split)
+        ax_em.plot(rows["temperature"], rows["exact_match"], marker="o", color=colour, label=label)
+        ax_h.plot(rows["temperature"], rows["mean_entropy_bits"], marker="o", color=colour, label=label)
+    ax_em.set_ylim(-0.02, 1.02)
+    ax_em.set_ylabel("exact match (fraction of problems)")
+    ax_em.set_title("Accuracy vs temperature")
+    ax_h.set_ylabel("mean entropy per answer token (bits)")
+    ax_h.set_title("Entropy vs temperature")
+    for ax in (ax_em, ax_h):
+        ax.set_xlabel("sampling temperature (0 = greedy)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path, dpi)

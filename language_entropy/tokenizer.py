@@ -1,0 +1,74 @@
+"""A fixed character vocabulary: one token per character, special tokens included.
+
+Special tokens have printable characters so that a whole training sequence is a plain string:
+``^`` begins a sequence, ``$`` ends it and ``_`` pads, e.g. ``^123+45=861$`` (answer reversed).
+"""
+
+from __future__ import annotations
+
+import torch
+
+PAD, BOS, EOS = "_", "^", "$"
+DIGITS = "0123456789"
+OPERATOR_SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+EQUALS = "="
+VOCAB = PAD + BOS + EOS + DIGITS + "+-*/" + EQUALS
+STOI = {ch: i for i, ch in enumerate(VOCAB)}
+
+VOCAB_SIZE = len(VOCAB)
+PAD_ID, BOS_ID, EOS_ID, EQUALS_ID = STOI[PAD], STOI[BOS], STOI[EOS], STOI[EQUALS]
+MINUS_ID = STOI["-"]
+DIGIT_IDS = range(STOI["0"], STOI["9"] + 1)  # contiguous, so "is a digit" is one range check
+
+
+def encode(text: str) -> list[int]:
+    """Token ids of `text`; an unknown character raises ValueError naming it and its position."""
+    try:
+        return [STOI[ch] for ch in text]
+    except KeyError:
+        position = next(i for i, ch in enumerate(text) if ch not in STOI)
+        raise ValueError(f"unknown character {text[position]!r} at position {position} in {text!r}") from None
+
+
+def decode(ids) -> str:
+    """The text of token ids (any iterable of ints, or a 1-D tensor)."""
+    if isinstance(ids, torch.Tensor):
+        ids = ids.tolist()
+    try:
+        return "".join(VOCAB[i] for i in ids)
+    except IndexError:
+        bad = next(i for i in ids if not 0 <= i < VOCAB_SIZE)
+        raise ValueError(f"token id {bad} is outside the vocabulary (0..{VOCAB_SIZE - 1})") from None
+
+
+def decode_answer(ids, reverse_answer: bool) -> str:
+    """The answer as a person writes it, from the generated ids after '=' (stops at eos or pad)."""
+    text = decode(ids).split(EOS)[0].split(PAD)[0]
+    if not reverse_answer:
+        return text
+    sign, digits = ("-", text[1:]) if text.startswith("-") else ("", text)
+    return sign + digits[::-1]
+
+
+def is_digit(ids: torch.Tensor) -> torch.Tensor:
+    return (ids >= DIGIT_IDS.start) & (ids < DIGIT_IDS.stop)
+
+
+def place_value_positions(ids: torch.Tensor) -> torch.Tensor:
+    """Abacus position of every token (McLeish et al. 2024), 0 for non-digits.
+
+    In an operand (before '=') a digit's index counts from the operand's last digit (units = 1),
+    so digits of equal place value share an index. In the answer (after '=') it counts from the
+    answer's first emitted digit, the only order a causal model can know while generating; with
+    reversed answers that is again the units digit. ids: (B, T) -> (B, T) long.
+    """
+    digit = is_digit(ids)
+    after_equals = torch.cumsum(ids == EQUALS_ID, dim=1) > 0
+    return torch.where(after_equals, _run_index(digit), _run_index(digit.flip(1)).flip(1)) * digit
+
+
+def _run_index(mask: torch.Tensor) -> torch.Tensor:
+    """1, 2, 3 ... along each run of True in `mask` (B, T), 0 elsewhere."""
+    count = torch.cumsum(mask.long(), dim=1)
+    count_at_breaks = torch.where(mask, torch.zeros_like(count), count)
+    return count - torch.cummax(count_at_breaks, dim=1).values

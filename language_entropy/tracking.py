@@ -1,0 +1,163 @@
+"""MLflow tracking: one run per pipeline experiment, in the repository root's store.
+
+The embedded default is a sqlite store `mlflow.db` with artifacts in `mlartifacts/`, both at the
+repository root, so `mlflow ui` started there shows every run. Queued DVC experiments run in a
+temporary copy with `DVC_ROOT` pointing at the real root: everything here resolves against that
+root, never the copy (an experiment created from the copy would keep an artifact path that
+vanishes with it). `MLFLOW_TRACKING_URI`, when set, wins (a team server).
+
+A fresh sqlite store is created under a file lock (concurrent first-use schema migrations race on
+"table already exists"), and writes that meet "database is locked" are retried with back-off.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import random
+import subprocess
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import mlflow
+from filelock import FileLock
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from language_entropy.cli import UserError
+
+T = TypeVar("T")
+STORE_FILE = "mlflow.db"
+ARTIFACT_DIR = "mlartifacts"
+SERVER_PROBE_TIMEOUT_S = 5
+
+
+def project_root() -> Path:
+    """The real repository root: DVC_ROOT inside a DVC stage (also in a queued copy), else the cwd."""
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+
+
+def tracking_uri(root: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / STORE_FILE}"
+
+
+def retry_locked(fn: Callable[..., T]) -> Callable[..., T]:
+    """Retry `fn` with jittered exponential back-off while sqlite says the database is locked."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        for attempt in range(8):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as error:  # sqlite errors surface as MlflowException or SQLAlchemy's own
+                if "database is locked" not in str(error) or attempt == 7:
+                    raise
+                time.sleep(0.1 * 2**attempt * (1 + random.random()))
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+@retry_locked
+def _get_or_create_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException:  # another process created it between our look-up and create
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def _probe_server(uri: str) -> None:
+    """Fail within seconds, with a clear message, when a tracking server does not answer."""
+    saved = {key: os.environ.get(key) for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(SERVER_PROBE_TIMEOUT_S))
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as error:
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise UserError(f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is not reachable: {reason}") from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def connect(experiment: str, root: Path | None = None) -> str:
+    """Point MLflow at the project's store, make sure `experiment` exists, and return its id."""
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO lines about creating the store's tables
+    root = root or project_root()
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)  # note: MLflow also exports it as MLFLOW_TRACKING_URI to child processes
+    if uri.startswith("sqlite:///"):
+        store = Path(uri.removeprefix("sqlite:///")).resolve()
+        # Opening a client migrates a fresh store's schema: one process at a time. Artifacts go beside
+        # the store, an absolute path that outlives the temporary copy a queued experiment runs in.
+        with FileLock(f"{store}.lock"):
+            return _get_or_create_experiment(MlflowClient(uri), experiment, (store.parent / ARTIFACT_DIR).as_uri())
+    if uri.startswith(("http://", "https://")):
+        _probe_server(uri)
+    return _get_or_create_experiment(MlflowClient(uri), experiment, None)
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_tags() -> dict[str, str]:
+    """Where a run came from: the code's git commit and DVC's experiment name and baseline."""
+    tags = {"git_commit": git_commit()}
+    for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    return tags
+
+
+@retry_locked
+def start_run(experiment_id: str, run_id: str | None = None, run_name: str | None = None,
+              tags: dict[str, str] | None = None) -> str:
+    """Start a new run, or reopen `run_id` (a resumed training run, or evaluate adding to train's run)."""
+    if run_id is not None:
+        try:
+            MlflowClient().get_run(run_id)
+        except MlflowException:
+            raise UserError(f"MLflow run {run_id} is not in the store {mlflow.get_tracking_uri()}") from None
+    return mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id, run_name=run_name,
+                            tags=tags).info.run_id
+
+
+end_run = retry_locked(mlflow.end_run)
+log_metrics = retry_locked(mlflow.log_metrics)
+log_artifact = retry_locked(mlflow.log_artifact)
+set_tags = retry_locked(mlflow.set_tags)
+
+
+@retry_locked
+def log_params(params: dict[str, object]) -> None:
+    """Log params under their dotted params.yaml names, skipping ones the run already holds (resume)."""
+    logged = MlflowClient().get_run(mlflow.active_run().info.run_id).data.params
+    fresh = {key: str(value) for key, value in params.items() if key not in logged}
+    if fresh:
+        mlflow.log_params(fresh)
+
+
+@retry_locked
+def log_dataset(frame, source: Path, split: str) -> None:
+    """Record a data split as a run input, with MLflow's content digest."""
+    with warnings.catch_warnings():  # schema inference warns that integer columns cannot hold missing values
+        warnings.simplefilter("ignore", UserWarning)
+        mlflow.log_input(mlflow.data.from_pandas(frame, source=str(source), name=split), context=split)

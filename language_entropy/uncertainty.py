@@ -1,0 +1,312 @@
+"""Metrics that relate the model's uncertainty to its correctness (used by the evaluate stage).
+
+Pure functions on numpy arrays, sequences and pandas frames; no model code. Token-level entropy
+summaries live in `language_entropy.entropy`.
+
+- `auroc`: how well an uncertainty score separates wrong answers from right ones.
+- `expected_calibration_error`: how well a confidence matches the accuracy it claims.
+- `semantic_clusters`, `discrete_semantic_entropy`, `weighted_semantic_entropy` and the batch
+  `semantic_entropy_by_problem`: entropy over the *meanings* of sampled answers
+  (Kuhn, Gal & Farquhar, "Semantic Uncertainty", ICLR 2023; Farquhar et al., "Detecting
+  hallucinations in large language models using semantic entropy", Nature 2024).
+- `perplexity`, `digit_accuracy`, `exact_match`: plain accuracy and likelihood summaries.
+
+Entropies are in bits; log-probabilities and negative log-likelihoods are in nats.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike
+from sklearn.metrics import roc_auc_score
+
+RELIABILITY_COLUMNS = ("bin", "bin_lower", "bin_upper", "count", "confidence", "accuracy", "gap")
+SEMANTIC_SAMPLE_COLUMNS = ("problem", "answer", "logprob", "length")
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: int() would also accept " 12", "1_2" and "١٢"
+_BIN_EDGE_DECIMALS = 9  # confidence * n_bins is rounded to this many decimals before taking the floor
+
+
+@dataclass(frozen=True)
+class AurocResult:
+    """An AUROC, or None with the reason it is undefined (e.g. "undefined: all 200 answers are right")."""
+
+    value: float | None
+    reason: str | None = None
+
+
+def auroc(scores: ArrayLike, labels: ArrayLike) -> AurocResult:
+    """Area under the ROC curve of an uncertainty score as a detector of wrong answers.
+
+    scores: one uncertainty score per answer, higher = more likely wrong (e.g. entropy).
+    labels: 1 (or True) where the greedy answer is wrong, 0 (or False) where it is right.
+
+    AUROC = P(score of a random wrong answer > score of a random right answer), a tied pair
+    counting 1/2 (the Mann-Whitney U statistic / (n_wrong * n_right)), computed by
+    `sklearn.metrics.roc_auc_score`. 0.5 = no better than chance, 1 = every wrong answer scores
+    above every right one.
+
+    With no wrong or no right answer there is no pair to compare and the AUROC is undefined: the
+    result is ``AurocResult(None, "undefined: all N answers are right")`` (or "wrong"), never a
+    made-up 0.5 or 1. A NaN or infinite score raises ValueError, as do mismatched lengths and
+    labels other than 0/1.
+    """
+    scores = _vector(scores, "scores")
+    labels = _binary(labels, "labels")
+    _same_length(scores, labels, "scores", "labels")
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        raise ValueError(f"scores must be finite: {int(np.isnan(scores).sum())} NaN and "
+                         f"{int(np.isinf(scores).sum())} infinite of {scores.size}, "
+                         f"first at index {int(np.argmax(bad))}")
+    n = labels.size
+    if n == 0:
+        return AurocResult(None, "undefined: no answers")
+    if labels.min() == labels.max():
+        verdict = "wrong" if labels[0] else "right"
+        subject = f"all {n} answers are" if n > 1 else "the only answer is"
+        return AurocResult(None, f"undefined: {subject} {verdict}")
+    return AurocResult(float(roc_auc_score(labels, scores)))
+
+
+def expected_calibration_error(confidence: ArrayLike, correct: ArrayLike,
+                               n_bins: int = 15) -> tuple[float, pd.DataFrame]:
+    """Expected calibration error and its reliability table (Guo et al., ICML 2017; Naeini et al., AAAI 2015).
+
+    confidence: the model's probability that each answer is right, in [0, 1].
+    correct: 1 (or True) where the answer is right.
+
+    Bin b of `n_bins` equal-width bins holds the confidences in [b / n_bins, (b + 1) / n_bins);
+    the last bin also holds 1.0. A confidence on a bin edge goes to the upper bin; the edge test
+    tolerates floating-point representation (``0.57`` is in bin 57 of 100 although
+    ``0.57 * 100 == 56.99999999999999``).
+
+        ECE = sum_b (n_b / N) * |acc_b - conf_b|
+
+    where n_b is the bin's count, acc_b its fraction right and conf_b its mean confidence.
+    The table has one row per bin: ``bin, bin_lower, bin_upper, count, confidence, accuracy, gap``
+    with ``gap = confidence - accuracy`` (> 0: overconfident); an empty bin has count 0 and NaN
+    confidence, accuracy and gap.
+    """
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1 (got {n_bins})")
+    confidence = _vector(confidence, "confidence")
+    correct = _binary(correct, "correct")
+    _same_length(confidence, correct, "confidence", "correct")
+    if confidence.size == 0:
+        raise ValueError("expected_calibration_error needs at least one answer")
+    outside = ~((confidence >= 0.0) & (confidence <= 1.0))  # also catches NaN
+    if outside.any():
+        first = int(np.argmax(outside))
+        raise ValueError(f"confidence must be in [0, 1]: {int(outside.sum())} of {confidence.size} are not, "
+                         f"first {float(confidence[first])} at index {first}")
+
+    bins = np.floor(np.round(confidence * n_bins, _BIN_EDGE_DECIMALS)).astype(np.int64)
+    bins = np.minimum(bins, n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):  # empty bins: 0 / 0 = NaN, as documented
+        mean_confidence = np.bincount(bins, weights=confidence, minlength=n_bins) / count
+        accuracy = np.bincount(bins, weights=correct, minlength=n_bins) / count
+    gap = mean_confidence - accuracy
+    edges = np.arange(n_bins + 1) / n_bins
+    table = pd.DataFrame({
+        "bin": np.arange(n_bins), "bin_lower": edges[:-1], "bin_upper": edges[1:], "count": count,
+        "confidence": mean_confidence, "accuracy": accuracy, "gap": gap,
+    })
+    filled = count > 0
+    ece = float(np.sum(count[filled] / confidence.size * np.abs(gap[filled])))
+    return ece, table
+
+
+def semantic_clusters(answers: Sequence[str]) -> list[int]:
+    """Cluster answers by meaning: the cluster id (0, 1, ... in order of first appearance) of each answer.
+
+    Two answers mean the same when both parse as the same integer: an optional ``+`` or ``-``
+    then one or more ASCII digits, so ``012`` = ``12``, ``-0`` = ``0`` = ``+0`` and ``-05`` = ``-5``.
+    Any other string (``1a``, empty, ``--3``, ``1-2``, ``12`` with a leading space) has no numeric
+    meaning and is its own cluster, shared only with identical strings. This is the arithmetic
+    analogue of the bidirectional-entailment clustering of Kuhn et al. (2023), with meaning
+    equivalence decided exactly.
+    Answers are as a person writes them (already un-reversed).
+    """
+    ids: dict[tuple[str, object], int] = {}
+    return [ids.setdefault(_meaning(answer), len(ids)) for answer in answers]
+
+
+def discrete_semantic_entropy(answers: Sequence[str]) -> float:
+    """Discrete semantic entropy in bits (Farquhar et al. 2024): entropy of the cluster frequencies.
+
+        SE = -sum_c p_c log2 p_c,  p_c = (samples in cluster c) / (all samples)
+
+    0 when every sample means the same; log2(n) when n samples mean n different things.
+    """
+    if len(answers) == 0:
+        raise ValueError("discrete_semantic_entropy needs at least one answer")
+    clusters = np.asarray(semantic_clusters(answers))
+    return float(_grouped_entropy_bits(np.zeros_like(clusters), clusters, np.ones(clusters.size))[0])
+
+
+def weighted_semantic_entropy(answers: Sequence[str], sequence_logprobs: ArrayLike, lengths: ArrayLike) -> float:
+    """Likelihood-weighted semantic entropy in bits (Kuhn et al. 2023), for one problem's samples.
+
+    answers: the sampled answers, as a person writes them.
+    sequence_logprobs: log-probability in nats of each whole generated sequence, EOS included.
+    lengths: each sequence's token count (EOS included), >= 1.
+
+    Each distinct sequence s gets its length-normalised likelihood w_s = exp(logprob_s / length_s)
+    (the geometric-mean token probability); a cluster's mass is the sum over the distinct sequences
+    in it, and masses are renormalised over clusters:
+
+        SE = -sum_c p_c log2 p_c,  p_c = sum_{s in c} w_s / sum_s w_s
+
+    Distinct, as in Kuhn et al.'s set of unique generations: a sequence sampled twice counts once,
+    so the weights estimate the model's own probabilities rather than adding the sampling
+    frequency on top. A sequence is identified by its answer string and token count (one token per
+    character and a bijective un-reversal make the pair identify the tokens); a repeat's logprob
+    equals the first's up to floating-point noise, and the first is used.
+    """
+    logprobs = np.asarray(sequence_logprobs, dtype=float)
+    lengths = np.asarray(lengths)
+    if not (len(answers) == logprobs.size == lengths.size):
+        raise ValueError(f"answers, sequence_logprobs and lengths must have equal lengths "
+                         f"(got {len(answers)}, {logprobs.size}, {lengths.size})")
+    samples = pd.DataFrame({"problem": 0, "answer": list(answers), "logprob": logprobs, "length": lengths})
+    return float(semantic_entropy_by_problem(samples)["weighted_semantic_entropy"].iloc[0])
+
+
+def semantic_entropy_by_problem(samples: pd.DataFrame) -> pd.DataFrame:
+    """Semantic entropies of many problems at once, vectorised over problems.
+
+    samples: one row per sampled answer with columns ``problem`` (any hashable id), ``answer``
+    (str, as a person writes it), ``logprob`` (nats, whole sequence with EOS) and ``length``
+    (token count with EOS).
+
+    Returns one row per problem (index ``problem``, sorted) with columns ``n_samples``,
+    ``n_clusters``, ``discrete_semantic_entropy`` and ``weighted_semantic_entropy`` (bits), each
+    entropy exactly as the single-problem function of that name defines it.
+    """
+    missing = [column for column in SEMANTIC_SAMPLE_COLUMNS if column not in samples.columns]
+    if missing:
+        raise ValueError(f"samples lack columns {missing} (need {list(SEMANTIC_SAMPLE_COLUMNS)})")
+    if samples.empty:
+        raise ValueError("semantic_entropy_by_problem needs at least one sample")
+    logprob = samples["logprob"].to_numpy(dtype=float)
+    length = samples["length"].to_numpy()
+    if not np.isfinite(logprob).all():
+        raise ValueError(f"logprob must be finite: {int((~np.isfinite(logprob)).sum())} values are not")
+    if not np.issubdtype(length.dtype, np.integer) or (length < 1).any():
+        raise ValueError(f"length must be integer token counts >= 1 (got dtype {length.dtype}, min {length.min()})")
+
+    problem_codes, problems = pd.factorize(samples["problem"], sort=True)
+    if (problem_codes < 0).any():
+        raise ValueError(f"problem must not be missing: {int((problem_codes < 0).sum())} rows have no problem id")
+    cluster_codes, _ = pd.factorize(samples["answer"].map(_meaning))
+    n_samples = np.bincount(problem_codes, minlength=problems.size)
+    discrete = _grouped_entropy_bits(problem_codes, cluster_codes, np.ones(problem_codes.size))
+    n_clusters = pd.Series(cluster_codes).groupby(problem_codes).nunique().to_numpy()
+
+    sequences = pd.DataFrame({"problem": problem_codes, "answer": samples["answer"].to_numpy(), "length": length})
+    distinct = ~sequences.duplicated().to_numpy()
+    per_token = logprob[distinct] / length[distinct]
+    # Subtracting each problem's largest per-token logprob cancels in the renormalisation
+    # and keeps exp() from underflowing.
+    per_token -= pd.Series(per_token).groupby(problem_codes[distinct]).transform("max").to_numpy()
+    weighted = _grouped_entropy_bits(problem_codes[distinct], cluster_codes[distinct], np.exp(per_token))
+
+    return pd.DataFrame({
+        "n_samples": n_samples, "n_clusters": n_clusters,
+        "discrete_semantic_entropy": discrete, "weighted_semantic_entropy": weighted,
+    }, index=pd.Index(problems, name="problem"))
+
+
+def perplexity(nll_nats_sum: float, token_count: int) -> dict[str, float]:
+    """Per-token cross-entropy and perplexity from a summed negative log-likelihood.
+
+    nll_nats_sum: sum over scored tokens of -ln p(token); token_count: how many tokens.
+    Returns ``nll_nats_per_token`` (mean cross-entropy), ``nll_bits_per_token`` (the same / ln 2)
+    and ``perplexity = exp(nll_nats_per_token)``: a model uniform over V tokens has perplexity V.
+    """
+    if token_count < 1:
+        raise ValueError(f"token_count must be >= 1 (got {token_count})")
+    if not (math.isfinite(nll_nats_sum) and nll_nats_sum >= 0):
+        raise ValueError(f"nll_nats_sum must be finite and >= 0 (got {nll_nats_sum})")
+    nats = float(nll_nats_sum) / int(token_count)
+    return {"nll_nats_per_token": nats, "nll_bits_per_token": nats / math.log(2), "perplexity": math.exp(nats)}
+
+
+def digit_accuracy(predicted: Sequence[str], expected: Sequence[str]) -> float:
+    """Fraction of the expected answers' characters the predictions match, aligned from the units digit.
+
+    Each pair is compared right-aligned, as a person lines up numbers: the last characters, then
+    the ones before them, and so on. Every character of the expected answer (its sign included)
+    counts once; where the prediction is too short the missing characters count as wrong, and
+    extra leading characters of a longer prediction are not counted (`exact_match` sees those).
+    E.g. predicted ``124`` for ``123`` matches 2 of 3, ``7`` for ``-7`` 1 of 2, ``12`` for ``123``
+    0 of 3. The result is pooled over all characters: sum of matches / sum of expected lengths.
+    """
+    _same_length(predicted, expected, "predicted", "expected")
+    total = sum(len(answer) for answer in expected)
+    if total == 0:
+        raise ValueError("digit_accuracy needs at least one expected character")
+    matched = sum(p == e for pred, exp in zip(predicted, expected, strict=True)
+                  for p, e in zip(reversed(pred), reversed(exp), strict=False))  # stops at the shorter: missing = wrong
+    return matched / total
+
+
+def exact_match(predicted: Sequence[str], expected: Sequence[str]) -> float:
+    """Fraction of predictions equal to their expected answer as strings (so ``012`` for ``12`` is wrong)."""
+    _same_length(predicted, expected, "predicted", "expected")
+    if len(expected) == 0:
+        raise ValueError("exact_match needs at least one answer")
+    return sum(p == e for p, e in zip(predicted, expected, strict=True)) / len(expected)
+
+
+def _meaning(answer: str) -> tuple[str, object]:
+    """The clustering key of an answer: ("int", value) when it parses as an integer, else ("str", answer)."""
+    if not isinstance(answer, str):
+        raise TypeError(f"answers must be str (got {type(answer).__name__}: {answer!r})")
+    return ("int", int(answer)) if _INTEGER.fullmatch(answer) else ("str", answer)
+
+
+def _grouped_entropy_bits(groups: np.ndarray, clusters: np.ndarray, mass: np.ndarray) -> np.ndarray:
+    """Entropy in bits of each group's cluster distribution, masses summed per cluster and renormalised.
+
+    groups: codes 0..G-1 (every code present); clusters: cluster key per item; mass: >= 0 per item.
+    Returns G entropies, in group-code order; a cluster of zero mass contributes 0 (0 log 0 = 0).
+    """
+    per_cluster = pd.Series(mass).groupby([groups, clusters]).sum()
+    group_of = per_cluster.index.get_level_values(0)
+    p = (per_cluster / per_cluster.groupby(level=0).transform("sum")).to_numpy()
+    terms = np.zeros_like(p)
+    positive = p > 0
+    terms[positive] = -p[positive] * np.log2(p[positive])
+    return pd.Series(terms).groupby(group_of.to_numpy()).sum().sort_index().to_numpy()
+
+
+def _vector(values: ArrayLike, name: str) -> np.ndarray:
+    """`values` as a one-dimensional float array; any other shape raises ValueError naming `name`."""
+    array = np.asarray(values, dtype=float)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional (got shape {array.shape})")
+    return array
+
+
+def _binary(values: ArrayLike, name: str) -> np.ndarray:
+    """`values` as a 0/1 int array; anything but 0/1 or booleans raises ValueError naming `name`."""
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional (got shape {array.shape})")
+    if array.size and not np.isin(array, (0, 1)).all():
+        raise ValueError(f"{name} must be 0/1 or booleans (got values {np.unique(array)[:5].tolist()})")
+    return array.astype(np.int64)
+
+
+def _same_length(a: Sequence | np.ndarray, b: Sequence | np.ndarray, name_a: str, name_b: str) -> None:
+    if len(a) != len(b):
+        raise ValueError(f"{name_a} and {name_b} must have equal lengths (got {len(a)} and {len(b)})")

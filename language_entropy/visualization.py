@@ -1,0 +1,106 @@
+"""The visualize stage: collect what the figures need from the model and the metrics, draw, log."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from language_entropy import plots, tokenizer, tracking
+from language_entropy.checkpoint import load_checkpoint, load_model
+from language_entropy.cli import UserError
+from language_entropy.data import prompt_of, read_split
+from language_entropy.devices import select_device
+from language_entropy.evaluation import expected_answers, generation_prompts, written_answer
+from language_entropy.model import ArithmeticDecoder, generate_batched
+from language_entropy.params import Params
+from language_entropy.theory import load_theoretical_entropy, theoretical_levels
+
+
+def pick_problems(frame: pd.DataFrame, right: pd.Series, count: int) -> pd.DataFrame:
+    """Up to `count` problems, half right and half wrong where both exist, taking the operations in turn."""
+
+    def operations_in_turn(pool: pd.DataFrame) -> list:
+        rank = pool.groupby("op").cumcount()
+        return pool.assign(rank=rank).sort_values(["rank", "op"], kind="stable").index.tolist()
+
+    rights, wrongs = operations_in_turn(frame[right]), operations_in_turn(frame[~right])
+    n_right = min(len(rights), count - min(len(wrongs), count // 2))
+    n_wrong = min(len(wrongs), count - n_right)
+    return frame.loc[rights[:n_right] + wrongs[:n_wrong]]
+
+
+@torch.no_grad()
+def collect_trajectories(model: ArithmeticDecoder, frame: pd.DataFrame, layers: list[int], count: int,
+                         reverse_answer: bool) -> list[plots.Trajectory]:
+    """Greedy generations of right and wrong answers with the hidden state behind every emitted token."""
+    model.eval()
+    texts = frame["text"].tolist()
+    prompts, budget = generation_prompts(texts)
+    greedy = generate_batched(model, prompts, 512, max_new_tokens=budget)
+    emitted = [tokenizer.decode(row).split(tokenizer.EOS)[0].rstrip(tokenizer.PAD) for row in greedy.tokens]
+    right = pd.Series([got == want for got, want in zip(emitted, expected_answers(texts), strict=True)],
+                      index=frame.index)
+    picked = pick_problems(frame, right, count)
+    prompts, budget = generation_prompts(picked["text"].tolist())
+    out = generate_batched(model, prompts, len(picked), max_new_tokens=budget, return_hidden=True)
+    trajectories = []
+    for row, (index, problem) in enumerate(picked.iterrows()):
+        steps = int((out.tokens[row] != tokenizer.PAD_ID).sum())
+        tokens = [tokenizer.VOCAB[int(t)] for t in out.tokens[row, :steps]]
+        answer = written_answer("".join(tokens).rstrip(tokenizer.EOS), reverse_answer)
+        trajectories.append(plots.Trajectory(
+            label=f"{prompt_of(problem['text'])}{answer}", correct=bool(right[index]), tokens=tokens,
+            states={layer: out.hidden[layer][row, :steps].numpy() for layer in layers}))
+    return trajectories
+
+
+def run_visualization(params: Params) -> list[Path]:
+    """Draw every figure into `paths.plots` and log them to the model's MLflow run."""
+    checkpoint = Path(params.paths.model)
+    if not checkpoint.exists():
+        raise UserError(f"{checkpoint} not found: run `dvc repro train` first")
+    payload = load_checkpoint(checkpoint)
+    model = load_model(payload, select_device(params.train.device)).eval()
+    n_layer = model.config.n_layer
+    for layer in params.viz.layers:
+        if layer > n_layer:
+            raise UserError(f"viz.layers: layer {layer} does not exist (the model has hidden states 0..{n_layer})")
+    metrics, out, dpi = Path(params.paths.metrics), Path(params.paths.plots), params.viz.dpi
+    tables = {}
+    for name, stage in (("train_curve", "train"), ("entropy_by_step", "evaluate"), ("reliability", "evaluate"),
+                        ("temperature", "evaluate")):
+        path = metrics / f"{name}.csv"
+        if not path.exists():
+            raise UserError(f"{path} not found: run `dvc repro {stage}` first")
+        tables[name] = pd.read_csv(path)
+    report = json.loads((metrics / "eval.json").read_text())
+    theory = load_theoretical_entropy(metrics / "theoretical_entropy.csv")
+    operations = sorted(read_split(params.paths.data, "val")["op"].unique())
+    mixture = (pd.concat([theoretical_levels(theory, "in_distribution", op) for op in operations])
+               .groupby("step", as_index=False).mean())  # the prompt names the operation: average the levels
+
+    problems = pd.concat([read_split(params.paths.data, split) for split in ("test", "ood")], ignore_index=True)
+    trajectories = collect_trajectories(model, problems, list(params.viz.layers), params.viz.trajectories,
+                                        params.data.reverse_answer)
+    digits = model.tok_emb.weight[list(tokenizer.DIGIT_IDS)].detach().float().cpu().numpy()
+    figures = [
+        plots.plot_trajectories(trajectories, list(params.viz.layers), out / "trajectories.png", dpi),
+        plots.plot_digit_geometry(digits, out / "digit_geometry.png", dpi),
+        plots.plot_entropy_by_step(tables["entropy_by_step"], out / "entropy_by_step.png", dpi),
+        plots.plot_entropy_during_training(tables["train_curve"], mixture, out / "entropy_during_training.png", dpi),
+        plots.plot_training_curves(tables["train_curve"], out / "training_curves.png", dpi),
+        plots.plot_reliability(tables["reliability"], out / "reliability.png", dpi,
+                               ece={split: report[split]["ece"] for split in report}),
+        plots.plot_temperature(tables["temperature"], out / "temperature.png", dpi),
+    ]
+    run_id = payload.get("mlflow_run_id")
+    if run_id:
+        tracking.connect(params.mlflow.experiment)
+        tracking.start_run(None, run_id=run_id)
+        for figure in figures:
+            tracking.log_artifact(str(figure), artifact_path="plots")
+        tracking.end_run()
+    return figures

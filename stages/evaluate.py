@@ -1,0 +1,30 @@
+"""evaluate stage: accuracy, entropy against theory, calibration, temperature and semantic entropy.
+
+Reads the data, eval, train (device), seed, mlflow and paths sections.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from language_entropy.cli import run_stage, stage_parser
+from language_entropy.evaluation import run_evaluation
+from language_entropy.params import load_params
+
+
+def main() -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--base", type=Path, help="checkpoint to evaluate (default: paths.model)")
+    parser.add_argument("--samples", type=int, help="problems per split (default: eval.samples, else all)")
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("--verbose", action="store_true", help="print the first generations step by step")
+    loudness.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    args = parser.parse_args()
+    params = load_params(args.params)
+    run_evaluation(params, args.base or Path(params.paths.model), args.samples,
+                   verbosity=1 if args.verbose else -1 if args.quiet else 0)
+
+
+if __name__ == "__main__":
+    run_stage(main)

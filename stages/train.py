@@ -1,0 +1,33 @@
+"""train stage: train the ArithmeticDecoder (seed, data, model, loss, train, mlflow sections).
+
+With `train.nproc_per_node` > 1 the script relaunches itself through torchrun (DDP).
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from language_entropy.cli import run_stage, stage_parser
+from language_entropy.params import load_params
+from language_entropy.training import run_training
+
+
+def main() -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--base", type=Path, help="checkpoint to continue training from")
+    args = parser.parse_args()
+    params = load_params(args.params)
+    if params.train.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc_per_node={params.train.nproc_per_node}", __file__, *sys.argv[1:]]
+        sys.exit(subprocess.call(command))
+    model_path = run_training(params, base=args.base)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"model written to {model_path}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

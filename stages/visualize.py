@@ -1,0 +1,24 @@
+"""visualize stage: trajectories, digit geometry, entropy dynamics, training and calibration figures.
+
+Reads the viz, data, train (device), mlflow and paths sections.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from language_entropy.cli import run_stage, stage_parser
+from language_entropy.params import load_params
+from language_entropy.visualization import run_visualization
+
+
+def main() -> None:
+    args = stage_parser(__doc__).parse_args()
+    params = load_params(args.params)
+    for figure in run_visualization(params):
+        print(f"wrote {figure}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,73 @@
+"""Shared fixtures: a temporary git + DVC repository made from this project, with a tiny params.yaml."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ["stages", "language_entropy", "dvc.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore",
+                 ".gitignore"]
+
+TINY_OVERRIDES = {
+    "seed": 0,
+    "data": {"operations": ["add", "sub"], "digits": {"min": 1, "max": 2}, "ood_digits": {"min": 3, "max": 3},
+             "train_size": 400, "val_size": 40, "test_size": 40, "ood_size": 40},
+    "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "max_seq_len": 32},
+    "train": {"steps": 20, "batch_size": 32, "eval_every": 10, "checkpoint_every": 10, "warmup_steps": 2},
+    "eval": {"semantic_problems": 8, "semantic_samples": 4, "temperatures": [0.0, 1.0], "batch_size": 64},
+    "viz": {"trajectories": 4, "layers": [0, 1], "dpi": 40},
+    "mlflow": {"experiment": "tiny"},
+}
+
+
+def merged(base: dict, overrides: dict) -> dict:
+    """`base` with `overrides` applied section by section (nested mappings merge, other values replace)."""
+    result = dict(base)
+    for key, value in overrides.items():
+        result[key] = merged(base.get(key, {}), value) if isinstance(value, dict) else value
+    return result
+
+
+# The repository's params.yaml (paths included: dvc.yaml templates them) shrunk to a pipeline of seconds.
+TINY_PARAMS = merged(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY_OVERRIDES)
+
+
+def git_env() -> dict[str, str]:
+    """The environment for commands in a temporary repository: a git identity, no outside tracking server."""
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    env.update(GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com", GIT_COMMITTER_NAME="test",
+               GIT_COMMITTER_EMAIL="test@example.com")
+    return env
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True,
+        timeout: int = 600) -> subprocess.CompletedProcess:
+    done = subprocess.run(args, cwd=cwd, env=env or git_env(), capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def make_project(path: Path, params: dict) -> Path:
+    """Copy the project's pipeline into `path`, write `params`, and commit it as a fresh git repository."""
+    for name in PROJECT_FILES:
+        source, target = ROOT / name, path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, target)
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q", "-b", "main"], path)
+    run(["git", "add", "-A"], path)
+    run(["git", "commit", "-q", "-m", "tiny project"], path)
+    return path
+
+
+@pytest.fixture
+def tiny_project(tmp_path) -> Path:
+    return make_project(tmp_path / "project", TINY_PARAMS)
