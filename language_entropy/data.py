@@ -135,6 +135,9 @@ def generate_splits(config: DataConfig, seed: int) -> dict[str, pd.DataFrame]:
     sizes = {"val": config.val_size, "test": config.test_size, "train": config.train_size}
     in_dist = _draw_distinct(in_rng, config.operations, config.digits, sum(sizes.values()), None,
                              "train + val + test")
+    # Split the pool at random, not in draw order: small buckets run out early in the draw, and
+    # splitting in draw order would hand them all to whichever split comes first.
+    in_dist = in_dist.iloc[in_rng.permutation(len(in_dist))]
     ood = _draw_distinct(ood_rng, config.operations, config.ood_digits, config.ood_size, in_dist, "ood")
     bounds = np.cumsum([0, *sizes.values()])
     splits = {name: in_dist.iloc[lo:hi] for name, lo, hi in zip(sizes, bounds[:-1], bounds[1:], strict=True)}

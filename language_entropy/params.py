@@ -150,15 +150,15 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 3000
+    steps: int = 4000
     batch_size: int = 128
     lr: float = 2e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 100
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    eval_every: int = 250
-    checkpoint_every: int = 500
+    eval_every: int = 500
+    checkpoint_every: int = 1000
     device: str = "auto"
     compile: bool = False
     nproc_per_node: int = 1  # > 1: the stage relaunches itself through torchrun (DDP)

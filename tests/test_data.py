@@ -145,3 +145,11 @@ def test_stage_output_is_byte_identical_across_runs(tmp_path):
     assert first == second
     frame = pd.read_parquet(tmp_path / "data1" / "train.parquet")
     assert list(frame.columns) == ["a", "op", "b", "answer", "a_digits", "b_digits", "text"]
+
+
+def test_every_split_sees_the_small_buckets_in_proportion():
+    splits = generate_splits(DataConfig(operations=("add",), train_size=20000, val_size=2000, test_size=2000), seed=0)
+    shares = {name: ((f["a_digits"] == 1) & (f["b_digits"] == 1)).mean() for name, f in splits.items() if name != "ood"}
+    # all 100 one-digit additions exist once in the pool of 24000: each split holds about 100/24000 of its rows
+    assert sum(round(share * len(splits[name])) for name, share in shares.items()) == 100
+    assert 0.6 * 100 / 24000 < shares["train"] < 1.4 * 100 / 24000

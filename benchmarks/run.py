@@ -1,0 +1,141 @@
+"""The benchmark suite: every speed figure of the project, measured the same way each time.
+
+    python benchmarks/run.py [--repeats 3] [--skip-time-to-99] [--smoke] [--out metrics/benchmark.json]
+
+Prints one JSON object and writes it to `--out`. Each figure is the median of `--repeats` runs after
+a warm-up, beside the machine's core count, torch version and device. `--smoke` shrinks every
+workload to seconds (for CI: it checks that the suite runs and has its keys, not the speed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import bench_model
+import bench_theory
+
+from language_entropy.checkpoint import load_model
+from language_entropy.data import generate_splits
+from language_entropy.evaluation import evaluate_split, greedy_exact_match
+from language_entropy.model import ArithmeticDecoder
+from language_entropy.params import (
+    DataConfig,
+    DigitRange,
+    EntropyConfig,
+    EvalConfig,
+    LossConfig,
+    ModelConfig,
+    TrainConfig,
+)
+from language_entropy.theory import theoretical_entropy_table, theoretical_levels
+from language_entropy.training import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def median_seconds(fn, repeats: int) -> float:
+    """Median wall time of `fn()` over `repeats` runs, after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def datagen_problems_per_s(problems: int, repeats: int) -> float:
+    config = DataConfig(train_size=problems - 3000, val_size=1000, test_size=1000, ood_size=1000)
+    return problems / median_seconds(lambda: generate_splits(config, seed=0), repeats)
+
+
+def eval_default_s(repeats: int, smoke: bool) -> tuple[float, str]:
+    """The default evaluation (test and OOD splits, temperatures, semantic sampling) of the trained
+    default model at models/model.pt when there is one, else of an untrained default-size model."""
+    data = DataConfig()
+    splits = generate_splits(data, seed=0)
+    theory = theoretical_entropy_table(data, EntropyConfig())
+    checkpoint = ROOT / "models" / "model.pt"
+    if checkpoint.exists():
+        model, which = load_model(checkpoint), "trained models/model.pt"
+    else:
+        model, which = ArithmeticDecoder(ModelConfig()).eval(), "untrained default-size model"
+    config = EvalConfig(semantic_problems=10, semantic_samples=2) if smoke else EvalConfig()
+    frames = {"in_distribution": splits["test"], "ood": splits["ood"]}
+    if smoke:
+        frames = {scope: frame.iloc[:50] for scope, frame in frames.items()}
+
+    def evaluate() -> None:
+        for scope, frame in frames.items():
+            levels = {op: theoretical_levels(theory, scope, op) for op in frame["op"].unique()}
+            evaluate_split(model, frame, levels, config, data.reverse_answer, seed=0)
+
+    return median_seconds(evaluate, repeats), which
+
+
+def time_to_99_add3_s(max_steps: int, eval_every: int) -> dict[str, float]:
+    """Wall time (training and validation) until 3-digit addition reaches 99% validation exact match."""
+    data = DataConfig(operations=("add",), digits=DigitRange(3, 3), ood_digits=DigitRange(4, 4),
+                      train_size=100_000, val_size=500, test_size=500, ood_size=100)
+    splits = generate_splits(data, seed=0)
+    config = TrainConfig(steps=max_steps, eval_every=eval_every)
+    trainer = Trainer(ModelConfig(), LossConfig(), config, seed=0, train_texts=splits["train"]["text"].tolist(),
+                      val_texts=splits["val"]["text"].tolist(), device=torch.device("cpu"))
+    start = time.perf_counter()
+    exact = 0.0
+    while trainer.step < max_steps:
+        trainer.train_step()
+        if trainer.step % eval_every == 0:
+            exact = greedy_exact_match(trainer.model, splits["val"]["text"].tolist())
+            if exact >= 0.99:
+                break
+    return {"time_to_99_add3_s": time.perf_counter() - start if exact >= 0.99 else None,
+            "time_to_99_add3_steps": trainer.step, "time_to_99_add3_final_val_exact_match": exact}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-time-to-99", action="store_true", help="skip the few-minute training benchmark")
+    parser.add_argument("--smoke", action="store_true", help="tiny workloads: check the suite runs, not its speed")
+    parser.add_argument("--out", type=Path, default=ROOT / "metrics" / "benchmark.json")
+    args = parser.parse_args()
+    repeats = 1 if args.smoke else args.repeats
+
+    figures: dict[str, object] = {"cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                                  "torch_version": torch.__version__, "python": platform.python_version(),
+                                  "device": "cpu", "smoke": args.smoke}
+    figures["datagen_problems_per_s"] = datagen_problems_per_s(20_000 if args.smoke else 1_000_000, repeats)
+    figures["theory_add_sub_20_digits_s"] = (bench_theory.time_add_sub_20_digits() if not args.smoke else
+                                             median_seconds(bench_theory.time_mul_div_3x3, 1))
+    steps = bench_model.bench_train_steps("cpu", steps=2 if args.smoke else 10, repeats=repeats)
+    tokens_per_step = steps["train_batch_size"] * steps["train_tokens_per_row"]
+    figures["train_tokens_per_s"] = tokens_per_step / (steps["train_step_all_losses_ms"] / 1e3)
+    figures["train_tokens_per_s_ce_only"] = tokens_per_step / (steps["train_step_ce_only_ms"] / 1e3)
+    decoding = bench_model.bench_decoding("cpu", batch_size=64 if args.smoke else 512, repeats=repeats)
+    figures["generate_tokens_per_s_kv_cache"] = decoding["decode_kv_cache_tokens_per_s"]
+    figures["generate_tokens_per_s_recompute"] = decoding["decode_recompute_tokens_per_s"]
+    figures["eval_default_s"], figures["eval_default_model"] = eval_default_s(repeats, args.smoke)
+    if args.smoke:
+        figures.update(time_to_99_add3_s(max_steps=4, eval_every=2))
+    elif not args.skip_time_to_99:
+        figures.update(time_to_99_add3_s(max_steps=4000, eval_every=100))
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(figures, indent=2) + "\n")
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""The benchmark suite in smoke mode: it runs end to end and writes every figure the README reports."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = {"cpu_cores", "torch_version", "datagen_problems_per_s", "theory_add_sub_20_digits_s", "train_tokens_per_s",
+        "train_tokens_per_s_ce_only", "generate_tokens_per_s_kv_cache", "generate_tokens_per_s_recompute",
+        "eval_default_s", "time_to_99_add3_s"}
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_every_key(tmp_path):
+    out = tmp_path / "benchmark.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(out.read_text())
+    assert figures == json.loads(done.stdout)
+    assert set(figures) >= KEYS
+    for key in KEYS - {"torch_version", "time_to_99_add3_s"}:
+        assert figures[key] > 0, key

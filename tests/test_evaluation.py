@@ -1,0 +1,86 @@
+"""Evaluation on a small model: answers, teacher-forced statistics and one split's report, checked for consistency."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from language_entropy import tokenizer
+from language_entropy.data import generate_splits
+from language_entropy.evaluation import (
+    evaluate_split,
+    expected_answers,
+    flatten_numbers,
+    sample_sequences,
+    teacher_forced_stats,
+    written_answer,
+)
+from language_entropy.model import ArithmeticDecoder
+from language_entropy.params import DataConfig, DigitRange, EvalConfig, ModelConfig
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return ArithmeticDecoder(ModelConfig(n_layer=1, n_head=2, n_embd=32, max_seq_len=32)).eval()
+
+
+@pytest.fixture(scope="module")
+def frame():
+    config = DataConfig(digits=DigitRange(1, 2), ood_digits=DigitRange(3, 3), train_size=100, val_size=10,
+                        test_size=60, ood_size=10)
+    return generate_splits(config, seed=0)["test"]
+
+
+def test_answer_helpers():
+    assert expected_answers(["12+3=51$", "7-12=5-$"]) == ["51", "5-"]
+    assert written_answer("51", reverse_answer=True) == "15"
+    assert written_answer("-533", reverse_answer=True) == "-335"
+    assert written_answer("-335", reverse_answer=False) == "-335"
+    nested = {"test": {"exact_match": 0.5, "auroc": {"token_entropy": None, "sequence_nll": 0.75}, "n": 3,
+                       "flag": True, "nan": float("nan")}}
+    assert flatten_numbers(nested) == {"test.exact_match": 0.5, "test.auroc.sequence_nll": 0.75, "test.n": 3.0}
+
+
+def test_teacher_forced_rows_are_the_answer_tokens(model, frame):
+    texts = frame["text"].tolist()
+    tokens = teacher_forced_stats(model, texts, torch.device("cpu"), batch_size=16).tokens
+    answer_lengths = [len(answer) + 1 for answer in expected_answers(texts)]  # + EOS
+    assert len(tokens) == sum(answer_lengths)
+    assert tokens.groupby("row")["step"].max().tolist() == [n - 1 for n in answer_lengths]
+    assert ((tokens["confidence"] > 0) & (tokens["confidence"] <= 1)).all()
+    assert (tokens["entropy_bits"] <= np.log2(tokenizer.VOCAB_SIZE) + 1e-5).all()
+
+
+def test_sampled_sequences_score_what_they_emit(model, frame):
+    texts = frame["text"].tolist()[:5]
+    greedy = sample_sequences(model, texts, batch_size=8)
+    again = sample_sequences(model, texts, batch_size=3)
+    assert greedy["answer"].tolist() == again["answer"].tolist()  # batching does not change greedy answers
+    sampled = sample_sequences(model, texts, 8, temperature=1.0, repeats=4, generator=torch.Generator().manual_seed(1))
+    assert sampled["problem"].tolist() == [i for i in range(5) for _ in range(4)]
+    assert (sampled["logprob"] <= 0).all() and (sampled["length"] >= 1).all()
+    same = sample_sequences(model, texts, 8, temperature=1.0, repeats=4, generator=torch.Generator().manual_seed(1))
+    pd.testing.assert_frame_equal(sampled, same)
+
+
+def test_split_report_is_internally_consistent(model, frame):
+    config = EvalConfig(temperatures=(0.0, 1.0), semantic_problems=20, semantic_samples=3, batch_size=32)
+    levels = {op: pd.DataFrame({"step": [0, 1, 2], "marginal_bits": [3.3, 3.2, 1.0],
+                                "conditional_bits": [3.3, 3.0, 0.5]}) for op in ("add", "sub")}
+    report = evaluate_split(model, frame, levels, config, reverse_answer=True, seed=0)
+    summary = report.summary
+    assert summary["n_problems"] == 60
+    assert summary["temperature"]["0"]["exact_match"] == summary["exact_match"]
+    per_op = summary["per_operation"]
+    assert sum(v["n"] for v in per_op.values()) == 60
+    weighted = sum(v["n"] * v["exact_match"] for v in per_op.values()) / 60
+    assert weighted == pytest.approx(summary["exact_match"])
+    assert summary["perplexity"] == pytest.approx(np.exp(summary["nll_nats_per_token"]))
+    assert report.reliability["count"].sum() == sum(len(a) + 1 for a in expected_answers(frame["text"].tolist()))
+    assert set(summary["auroc"]) == {"semantic_entropy", "semantic_entropy_weighted", "token_entropy", "sequence_nll"}
+    for name, value in summary["auroc"].items():
+        assert (value is None) == (name in summary["auroc_reason"])
+    steps = report.entropy_by_step
+    assert steps.loc[steps["step"] == 0, "theoretical_marginal_bits"].tolist() == [3.3, 3.3]
+    assert list(report.temperature.columns) == ["temperature", "exact_match", "mean_entropy_bits"]
