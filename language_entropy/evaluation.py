@@ -6,6 +6,7 @@ Shared by training (validation every `train.eval_every` steps) and the evaluate 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from language_entropy.checkpoint import load_checkpoint, load_model
 from language_entropy.cli import UserError
 from language_entropy.data import encode_batch, prompt_of, read_split
 from language_entropy.devices import select_device
-from language_entropy.entropy import NATS_TO_BITS, entropy_from_logits
+from language_entropy.entropy import NATS_TO_BITS, entropy_from_log_probs, entropy_from_logits
 from language_entropy.model import ArithmeticDecoder, generate_batched
 from language_entropy.params import EvalConfig, Params
 from language_entropy.theory import load_theoretical_entropy, theoretical_levels
@@ -96,8 +97,9 @@ def sample_sequences(model: ArithmeticDecoder, texts: list[str], batch_size: int
     """Generate `repeats` answers per problem; one row per sequence with its score.
 
     Columns: problem (index into `texts`), answer (as emitted), logprob (nats, of the emitted tokens
-    incl. EOS under the sampling distribution), length (tokens incl. EOS), mean_entropy_bits (mean
-    over the emitted tokens of the entropy of the distribution each was drawn from).
+    incl. EOS under softmax(logits / temperature), the model's own distribution when greedy, before
+    any top-k/top-p filtering), length (tokens incl. EOS), mean_entropy_bits (mean over the emitted
+    tokens of the entropy of that same distribution).
     """
     model.eval()
     problems = np.repeat(np.arange(len(texts)), repeats)
@@ -106,11 +108,11 @@ def sample_sequences(model: ArithmeticDecoder, texts: list[str], batch_size: int
                            temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, return_probs=True)
     emitted = out.tokens != tokenizer.PAD_ID  # (N, S): PAD after EOS
     chosen = out.probs.gather(-1, out.tokens.unsqueeze(-1)).squeeze(-1).clamp_min(1e-30)
-    entropy = -(out.probs * out.probs.clamp_min(1e-30).log()).sum(-1) * NATS_TO_BITS  # (N, S)
+    entropy = entropy_from_log_probs(out.probs.clamp_min(1e-30).log()) * NATS_TO_BITS  # (N, S)
     length = emitted.sum(1)
     return pd.DataFrame({
         "problem": problems,
-        "answer": [tokenizer.decode(row).split(tokenizer.EOS)[0].rstrip(tokenizer.PAD) for row in out.tokens],
+        "answer": [tokenizer.emitted_answer(row) for row in out.tokens],
         "logprob": (chosen.log() * emitted).sum(1).numpy(),
         "length": length.numpy(),
         "mean_entropy_bits": ((entropy * emitted).sum(1) / length.clamp_min(1)).numpy(),
@@ -206,20 +208,22 @@ def print_generation_steps(model: ArithmeticDecoder, frame: pd.DataFrame, revers
     texts = frame["text"].tolist()[:count]
     prompts, budget = generation_prompts(texts)
     out = generate_batched(model, prompts, len(texts), max_new_tokens=budget, return_probs=True)
-    for i, text in enumerate(texts):
-        answer = tokenizer.decode(out.tokens[i]).split(tokenizer.EOS)[0].rstrip(tokenizer.PAD)
-        verdict = "right" if answer == expected_answers([text])[0] else "wrong"
+    entropy = entropy_from_log_probs(out.probs.clamp_min(1e-30).log()) * NATS_TO_BITS  # (N, S)
+    for i, (text, expected) in enumerate(zip(texts, expected_answers(texts), strict=True)):
+        answer = tokenizer.emitted_answer(out.tokens[i])
+        verdict = "right" if answer == expected else "wrong"
         print(f"{prompt_of(text)}  expected {frame['answer'].iloc[i]}  got "
               f"{written_answer(answer, reverse_answer)}  ({verdict})")
+        wanted = expected + tokenizer.EOS
         for step in range(int((out.tokens[i] != tokenizer.PAD_ID).sum())):
             probs = out.probs[i, step]
-            entropy = float(-(probs * probs.clamp_min(1e-30).log()).sum() * NATS_TO_BITS)
             top = torch.topk(probs, 3)
             token = tokenizer.VOCAB[int(out.tokens[i, step])]
+            mark = "right" if step < len(wanted) and token == wanted[step] else "wrong"
             alternatives = "  ".join(f"{tokenizer.VOCAB[int(t)]}:{float(p):.3f}"
                                      for p, t in zip(top.values, top.indices, strict=True))
             print(f"  step {step}: {token!r} p={float(probs[out.tokens[i, step]]):.3f} "
-                  f"H={entropy:.3f} bits  top-3 {alternatives}")
+                  f"H={float(entropy[i, step]):.3f} bits  top-3 {alternatives}  {mark}")
 
 
 def flatten_numbers(tree: dict, prefix: str = "") -> dict[str, float]:
@@ -237,25 +241,38 @@ def flatten_numbers(tree: dict, prefix: str = "") -> dict[str, float]:
 SPLIT_NAMES = {"test": ("test", "in_distribution"), "test_ood": ("ood", "ood")}  # report name -> (split, scope)
 
 
+def read_report(path: Path) -> dict:
+    """metrics/eval.json, or a one-line error saying which stage makes it."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} not found: run `dvc repro evaluate` first") from None
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}): run `dvc repro evaluate`") \
+            from None
+
+
 def run_evaluation(params: Params, checkpoint: Path, samples: int | None, verbosity: int) -> dict:
     """The evaluate stage: measure the checkpoint on test and OOD, write metrics, log to its MLflow run."""
     samples = samples if samples is not None else params.eval.samples
     if samples is not None and samples <= 0:
         raise UserError(f"--samples must be >= 1 (got {samples})")
-    if not checkpoint.exists():
+    if not checkpoint.exists() and checkpoint == Path(params.paths.model):
         raise UserError(f"{checkpoint} not found: run `dvc repro train` first")
     payload = load_checkpoint(checkpoint)
     device = select_device(params.train.device)
     model = load_model(payload, device).eval()
     theory_path = Path(params.paths.metrics) / "theoretical_entropy.csv"
     theory = load_theoretical_entropy(theory_path)
+    frames = {name: read_split(params.paths.data, split) for name, (split, _) in SPLIT_NAMES.items()}
+    experiment_id = tracking.connect(params.mlflow.experiment)  # before the work: a bad server fails fast
+    if samples is not None and samples > min(len(frame) for frame in frames.values()):
+        sizes = ", ".join(f"{name}: {len(frame)}" for name, frame in frames.items())
+        print(f"--samples {samples} is more than some split holds ({sizes}): those are used whole", file=sys.stderr)
 
     report, by_step, reliability, temperature = {}, [], [], []
-    for name, (split, scope) in SPLIT_NAMES.items():
-        frame = read_split(params.paths.data, split)
-        if samples is not None and samples > len(frame) and verbosity >= 0:
-            print(f"--samples {samples} is more than the {len(frame)} problems of {split}: using all of them")
-        frame = frame.iloc[:samples].reset_index(drop=True)
+    for name, (_, scope) in SPLIT_NAMES.items():
+        frame = frames[name].iloc[:samples].reset_index(drop=True)
         if verbosity > 0 and name == "test":
             print_generation_steps(model, frame, params.data.reverse_answer, count=min(10, len(frame)))
         levels = {op: theoretical_levels(theory, scope, op) for op in frame["op"].unique()}
@@ -278,17 +295,14 @@ def run_evaluation(params: Params, checkpoint: Path, samples: int | None, verbos
     written = [metrics_dir / "eval.json"]
     metrics_dir.mkdir(parents=True, exist_ok=True)
     written[0].write_text(json.dumps(report, indent=2, default=float) + "\n")
-    for file_name, (frames, columns) in tables.items():
-        pd.concat(frames, ignore_index=True)[columns].to_csv(metrics_dir / file_name, index=False)
+    for file_name, (parts, columns) in tables.items():
+        pd.concat(parts, ignore_index=True)[columns].to_csv(metrics_dir / file_name, index=False)
         written.append(metrics_dir / file_name)
 
-    run_id = payload.get("mlflow_run_id")
-    if run_id:
-        tracking.connect(params.mlflow.experiment)
-        tracking.start_run(None, run_id=run_id)
-        tracking.log_metrics(flatten_numbers(report))
-        for path in [*written, theory_path, theory_path.with_suffix(".json")]:
-            if path.exists():
-                tracking.log_artifact(str(path), artifact_path="evaluation")
-        tracking.end_run()
+    tracking.start_pipeline_run(experiment_id, payload.get("mlflow_run_id"), params.flat())
+    tracking.log_metrics(flatten_numbers(report))
+    for path in [*written, theory_path, theory_path.with_suffix(".json")]:
+        if path.exists():
+            tracking.log_artifact(str(path), artifact_path="evaluation")
+    tracking.end_run()
     return report

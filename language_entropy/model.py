@@ -194,17 +194,20 @@ class ArithmeticDecoder(nn.Module):
 
     # -- positions -----------------------------------------------------------------------------
 
-    def abacus_indices(self, idx: torch.Tensor) -> torch.Tensor:
+    def abacus_indices(self, idx: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
         """Rows of the abacus table for `idx` (B, T): place values, shifted in training.
 
-        One offset per sequence from the global torch RNG (so a seed reproduces it), added to every
-        digit's index; non-digits keep row 0. At eval (not self.training) no offset.
+        One offset per sequence, added to every digit's index; non-digits keep row 0. The trainer
+        passes `offset` (B,) drawn for the whole global batch, so that N DDP ranks shift their rows
+        exactly as one process would; without it, training draws from the global torch RNG. At eval
+        (not self.training) no offset.
         """
         place = place_value_positions(idx)  # (B, T)
         max_offset = self.config.abacus_max_offset
         if self.training and max_offset > 0:
-            offset = torch.randint(0, max_offset + 1, (idx.shape[0], 1), device=idx.device)  # (B, 1)
-            place = torch.where(place > 0, place + offset, place)
+            if offset is None:
+                offset = torch.randint(0, max_offset + 1, (idx.shape[0],), device=idx.device)
+            place = torch.where(place > 0, place + offset.to(idx.device)[:, None], place)  # (B, T)
         return place
 
     def _embed(self, idx: torch.Tensor, start: int, place: torch.Tensor | None) -> torch.Tensor:
@@ -234,8 +237,9 @@ class ArithmeticDecoder(nn.Module):
 
     # -- training / scoring --------------------------------------------------------------------
 
-    def forward(self, idx: torch.Tensor, return_hidden: bool = False):
+    def forward(self, idx: torch.Tensor, return_hidden: bool = False, abacus_offset: torch.Tensor | None = None):
         """Logits (B, T, V) for input ids `idx` (B, T); with `return_hidden`, ``(logits, hidden)``.
+        `abacus_offset` (B,): the training offsets of the abacus positions (see `abacus_indices`).
 
         hidden: L+1 tensors (B, T, C). hidden[0] = token (+ learned or abacus) embedding, before
         dropout; hidden[i] = the residual stream after block i, so hidden[-1] is the last block's
@@ -243,7 +247,7 @@ class ArithmeticDecoder(nn.Module):
         the very tensors of this pass, so a loss on them costs no second forward.
         """
         self._check_length(idx.shape[1], "sequence length")
-        place = self.abacus_indices(idx) if self.config.pos_encoding == "abacus" else None
+        place = self.abacus_indices(idx, abacus_offset) if self.config.pos_encoding == "abacus" else None
         x, hidden = self._trunk(idx, place=place, collect=return_hidden)  # (B, T, C)
         logits = self.lm_head(self.norm_f(x))  # (B, T, V)
         return (logits, hidden) if return_hidden else logits

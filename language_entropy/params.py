@@ -236,6 +236,13 @@ class PathsConfig:
     plots: str = "plots"
 
 
+def longest_sequence(operation: str, digits: int) -> int:
+    """Tokens of the longest problem with `digits`-digit operands: bos, both operands, operator, '=',
+    the longest answer (a sign or carry adds one; a product doubles the digits), eos, one spare step."""
+    answer = {"add": digits + 1, "sub": digits + 1, "mul": 2 * digits, "div": digits}[operation]
+    return 1 + 2 * digits + 2 + answer + 2
+
+
 @dataclass(frozen=True)
 class Params:
     seed: int = 0
@@ -251,6 +258,18 @@ class Params:
 
     def __post_init__(self):
         _require(0 <= self.seed < 2**32, "seed", "must be in [0, 2**32)", self.seed)
+        # Checks across sections: caught here, before any stage spends time, not at the first step.
+        longest, op, digits = max((longest_sequence(op, r.max), op, r.max) for op in self.data.operations
+                                  for r in (self.data.digits, self.data.ood_digits))
+        _require(self.model.max_seq_len >= longest, "model.max_seq_len",
+                 f"must be >= {longest} to hold the longest problem ({op} of {digits}-digit operands, its answer, "
+                 "bos, eos and a spare generation step)", self.model.max_seq_len)
+        if not isinstance(self.loss.continuity_on, str):
+            _require(self.loss.continuity_on <= self.model.n_layer, "loss.continuity_on",
+                     f"must be a hidden-state index 0..model.n_layer ({self.model.n_layer})", self.loss.continuity_on)
+        for layer in self.viz.layers:
+            _require(layer <= self.model.n_layer, "viz.layers",
+                     f"must be hidden-state indices 0..model.n_layer ({self.model.n_layer})", layer)
 
     def flat(self) -> dict[str, object]:
         """Every value under its dotted params.yaml name, e.g. ``{"loss.entropy_weight": 0.2}``."""

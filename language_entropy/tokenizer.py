@@ -41,9 +41,14 @@ def decode(ids) -> str:
         raise ValueError(f"token id {bad} is outside the vocabulary (0..{VOCAB_SIZE - 1})") from None
 
 
+def emitted_answer(ids) -> str:
+    """The generated answer text in emitted order: everything before EOS (or padding)."""
+    return decode(ids).split(EOS)[0].split(PAD)[0]
+
+
 def decode_answer(ids, reverse_answer: bool) -> str:
     """The answer as a person writes it, from the generated ids after '=' (stops at eos or pad)."""
-    text = decode(ids).split(EOS)[0].split(PAD)[0]
+    text = emitted_answer(ids)
     if not reverse_answer:
         return text
     sign, digits = ("-", text[1:]) if text.startswith("-") else ("", text)

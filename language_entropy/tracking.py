@@ -13,6 +13,8 @@ A fresh sqlite store is created under a file lock (concurrent first-use schema m
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
 import os
 import random
@@ -34,6 +36,7 @@ T = TypeVar("T")
 STORE_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
 SERVER_PROBE_TIMEOUT_S = 5
+PARAMS_DIGEST_TAG = "params_digest"
 
 
 def project_root() -> Path:
@@ -118,9 +121,13 @@ def git_commit(cwd: Path | None = None) -> str:
         return "unknown"
 
 
-def run_tags() -> dict[str, str]:
-    """Where a run came from: the code's git commit and DVC's experiment name and baseline."""
-    tags = {"git_commit": git_commit()}
+def params_digest(flat_params: dict[str, object]) -> str:
+    return hashlib.sha256(json.dumps(flat_params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_tags(flat_params: dict[str, object]) -> dict[str, str]:
+    """Where a run came from: the code's git commit, DVC's experiment name and baseline, the params' digest."""
+    tags = {"git_commit": git_commit(), PARAMS_DIGEST_TAG: params_digest(flat_params)}
     for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev")):
         if os.environ.get(env):
             tags[tag] = os.environ[env]
@@ -128,22 +135,45 @@ def run_tags() -> dict[str, str]:
 
 
 @retry_locked
-def start_run(experiment_id: str, run_id: str | None = None, run_name: str | None = None,
-              tags: dict[str, str] | None = None) -> str:
+def run_exists(run_id: str) -> bool:
+    try:
+        MlflowClient().get_run(run_id)
+    except MlflowException:
+        return False
+    return True
+
+
+@retry_locked
+def start_run(experiment_id: str, run_id: str | None = None, tags: dict[str, str] | None = None) -> str:
     """Start a new run, or reopen `run_id` (a resumed training run, or evaluate adding to train's run)."""
-    if run_id is not None:
-        try:
-            MlflowClient().get_run(run_id)
-        except MlflowException:
-            raise UserError(f"MLflow run {run_id} is not in the store {mlflow.get_tracking_uri()}") from None
-    return mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id, run_name=run_name,
-                            tags=tags).info.run_id
+    if run_id is not None and not run_exists(run_id):
+        raise UserError(f"MLflow run {run_id} is not in the store {mlflow.get_tracking_uri()}")
+    return mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id, tags=tags).info.run_id
+
+
+@retry_locked
+def start_pipeline_run(experiment_id: str, train_run_id: str | None, flat_params: dict[str, object]) -> str:
+    """The run that evaluate and visualize log into: the training run when params are unchanged since
+    training, else (only eval or viz params changed, so DVC reused the trained model) the run of these
+    params derived from it, created once with every param and a `train_run_id` tag."""
+    digest = params_digest(flat_params)
+    client = MlflowClient()
+    if train_run_id is not None and run_exists(train_run_id):
+        if client.get_run(train_run_id).data.tags.get(PARAMS_DIGEST_TAG) == digest:
+            return start_run(experiment_id, run_id=train_run_id)
+        found = client.search_runs([experiment_id], filter_string=f"tags.train_run_id = '{train_run_id}' and "
+                                                                  f"tags.{PARAMS_DIGEST_TAG} = '{digest}'")
+        if found:
+            return start_run(experiment_id, run_id=found[0].info.run_id)
+    tags = run_tags(flat_params) | ({"train_run_id": train_run_id} if train_run_id else {})
+    run_id = start_run(experiment_id, tags=tags)
+    log_params(flat_params)
+    return run_id
 
 
 end_run = retry_locked(mlflow.end_run)
 log_metrics = retry_locked(mlflow.log_metrics)
 log_artifact = retry_locked(mlflow.log_artifact)
-set_tags = retry_locked(mlflow.set_tags)
 
 
 @retry_locked

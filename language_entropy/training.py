@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
@@ -32,7 +33,7 @@ from tqdm import tqdm
 from language_entropy import tokenizer, tracking
 from language_entropy.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from language_entropy.cli import UserError
-from language_entropy.data import batch_from_tokens, encode_batch, read_split, split_path
+from language_entropy.data import SPLITS, batch_from_tokens, encode_batch, read_split, split_path
 from language_entropy.devices import select_device
 from language_entropy.evaluation import greedy_exact_match, teacher_forced_stats
 from language_entropy.losses import AdaptiveEntropyCoefficient, compute_losses, entropy_coefficient
@@ -96,6 +97,12 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     return config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine
 
 
+def seeded_generator(seed: int, stream: str, index: int) -> torch.Generator:
+    """An independent, reproducible random stream per (seed, purpose, epoch or step)."""
+    entropy = [seed, *stream.encode(), index]
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1))
+
+
 class BatchSampler:
     """Global batch of step s: rows s*B .. (s+1)*B of an endless chain of seeded epoch permutations."""
 
@@ -105,7 +112,7 @@ class BatchSampler:
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if epoch != self._epoch:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            generator = seeded_generator(self.seed, "data order", epoch)
             self._epoch, self._order = epoch, torch.randperm(self.n_rows, generator=generator)
         return self._order
 
@@ -124,7 +131,6 @@ class BatchSampler:
 class TrainResult:
     model: ArithmeticDecoder
     curve: pd.DataFrame
-    steps_run: int
 
 
 class Trainer:
@@ -196,10 +202,19 @@ class Trainer:
         return "weights and optimizer state loaded"
 
     # --- the loop --------------------------------------------------------------------------------------
-    def _local_batch(self, step: int) -> dict[str, torch.Tensor]:
-        rows = self.sampler.indices(step)[self.dist.rank:: self.dist.world_size]
+    def _local_batch(self, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """This rank's rows of the global batch of `step`, and their abacus offsets.
+
+        The offsets are drawn for the whole global batch from a generator seeded by (seed, step), so
+        each row gets the same offset on 1 or N ranks, and a resumed run draws the same ones.
+        """
+        generator = seeded_generator(self.seed, "abacus offsets", step)
+        offsets = torch.randint(0, self.model.config.abacus_max_offset + 1, (self.config.batch_size,),
+                                generator=generator)
+        mine = slice(self.dist.rank, None, self.dist.world_size)
+        rows = self.sampler.indices(step)[mine]
         width = int(self.train_lengths[rows].max())
-        return batch_from_tokens(self.train_tokens[rows, :width].to(self.device, non_blocking=True))
+        return batch_from_tokens(self.train_tokens[rows, :width].to(self.device, non_blocking=True)), offsets[mine]
 
     def _autocast(self):
         if self.device.type == "cuda":
@@ -208,19 +223,19 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         self.wrapped.train()
-        batch = self._local_batch(self.step)
+        batch, offsets = self._local_batch(self.step)
         tokens = batch["tokens"]
         coefficient = entropy_coefficient(self.loss_config, self.adaptive)
         needs_hidden = self.loss_config.continuity_weight > 0
         with self._autocast():
-            output = self.wrapped(tokens[:, :-1], return_hidden=needs_hidden)
+            output = self.wrapped(tokens[:, :-1], return_hidden=needs_hidden, abacus_offset=offsets)
             logits, hidden = output if needs_hidden else (output, None)
             terms = compute_losses(logits.float(), hidden, tokens[:, 1:], batch["answer_mask"], batch["valid_mask"],
                                    self.loss_config, coefficient)
         logged = terms.logged()
-        for name, value in logged.items():
-            if not math.isfinite(value):
-                raise TrainingDiverged(f"{name} became {value} at step {self.step + 1}")
+        for name in ("ce_loss", "entropy_loss", "continuity_loss", "loss"):  # the failing term before the total
+            if not math.isfinite(logged[name]):
+                raise TrainingDiverged(f"{name} became {logged[name]} at step {self.step + 1}")
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
@@ -242,11 +257,18 @@ class Trainer:
         row.update({f"entropy_step_{k}": bits for k, bits in enumerate(stats.entropy_bits_by_step)})
         return row
 
+    def _agreed_stop(self, signum: int | None) -> int | None:
+        """Under DDP a signal may reach the ranks at different steps: all stop when any has one."""
+        if self.dist.world_size == 1:
+            return signum
+        flag = torch.tensor([signum or 0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item()) or None
+
     def fit(self, on_eval: Callable[[dict[str, float]], None], on_checkpoint: Callable[[dict], None],
             stop_requested: Callable[[], int | None]) -> TrainResult:
         """Train from the current step to `config.steps`; evaluate and checkpoint at their intervals."""
         config = self.config
-        start_step = self.step
         bar = tqdm(total=config.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                    disable=not (self.dist.is_main and sys.stderr.isatty()))
         window_tokens, window_start = 0.0, time.perf_counter()
@@ -267,7 +289,7 @@ class Trainer:
                 if self.dist.is_main:
                     on_eval(row)
                 window_tokens, window_start = 0.0, time.perf_counter()
-            signum = stop_requested()
+            signum = self._agreed_stop(stop_requested())
             if (self.step % config.checkpoint_every == 0 or signum is not None) and self.dist.is_main:
                 on_checkpoint(self.state())
             if signum is not None:
@@ -276,8 +298,7 @@ class Trainer:
         bar.close()
         curve = pd.DataFrame(self.curve)
         first = ["step", "wall_time_s", "tokens_per_s", "lr", *CURVE_LOSS_COLUMNS, "val_loss", "val_exact_match"]
-        return TrainResult(self.model, curve[first + [c for c in curve.columns if c not in first]],
-                           self.step - start_step)
+        return TrainResult(self.model, curve[first + [c for c in curve.columns if c not in first]])
 
 
 class StopSignals:
@@ -341,18 +362,19 @@ def run_training(params: Params, base: Path | None = None) -> Path:
     base_payload = None
     if base is not None:
         base_payload = load_checkpoint(base)
-        differences = model_config_differences(base_payload.get("model_config", {}), params.model)
+        if "model_config" not in base_payload or "model_state" not in base_payload:
+            raise UserError(f"--base {base}: not a model checkpoint (it holds no model config and weights)")
+        differences = model_config_differences(base_payload["model_config"], params.model)
         if differences:
             raise UserError(f"--base {base} has another model config than params: {'; '.join(differences)}")
     if dist_info.is_main:  # before any work, so an unreachable tracking server fails fast
         experiment_id = tracking.connect(params.mlflow.experiment)
-    splits = {name: read_split(params.paths.data, name) for name in ("train", "val")}
+    splits = {name: read_split(params.paths.data, name) for name in SPLITS}
 
     resume_path = Path(params.paths.resume) / "last.pt"
-    data_files = [split_path(params.paths.data, name) for name in splits]
     trajectory = {key: value for key, value in params.flat().items()
-                  if key.split(".")[0] in ("seed", "data", "model", "loss", "train")}
-    fingerprint = run_fingerprint(trajectory, data_files, base)
+                  if key.split(".")[0] in ("seed", "model", "loss", "train")}
+    fingerprint = run_fingerprint(trajectory, [split_path(params.paths.data, name) for name in ("train", "val")], base)
     state, why = load_resume_state(resume_path, fingerprint)
 
     trainer = Trainer(params.model, params.loss, params.train, params.seed, splits["train"]["text"].tolist(),
@@ -362,14 +384,6 @@ def run_training(params: Params, base: Path | None = None) -> Path:
     elif base_payload is not None:
         why = f"continuing from --base {base}: {trainer.load_base(base_payload)}"
     run_id = state.get("mlflow_run_id") if state else None
-
-    if dist_info.is_main:
-        print(why, file=sys.stderr)
-        run_id = tracking.start_run(experiment_id, run_id=run_id, tags=tracking.run_tags())
-        tracking.log_params(params.flat())
-        if state is None:
-            for name, frame in splits.items():
-                tracking.log_dataset(frame, split_path(params.paths.data, name), name)
 
     def on_eval(row: dict[str, float]) -> None:
         tracking.log_metrics({k: v for k, v in row.items() if k != "step" and math.isfinite(v)}, step=int(row["step"]))
@@ -381,7 +395,20 @@ def run_training(params: Params, base: Path | None = None) -> Path:
     def on_checkpoint(state: dict) -> None:
         save_resume_state(resume_path, state, fingerprint, run_id)
 
+    if dist_info.is_main:
+        print(why, file=sys.stderr)
+        if run_id is not None and not tracking.run_exists(run_id):
+            print(f"the resumed run's MLflow run {run_id} is not in the store; logging to a new run", file=sys.stderr)
+            run_id = None
+        resumed = run_id is not None
+        run_id = tracking.start_run(experiment_id, run_id=run_id, tags=tracking.run_tags(params.flat()))
     try:
+        if dist_info.is_main:
+            tracking.log_params(params.flat())
+            if not resumed:
+                for name, frame in splits.items():
+                    tracking.log_dataset(frame, split_path(params.paths.data, name), name)
+                on_checkpoint(trainer.state())  # the run id is on disk from the start: a kill resumes this run
         with StopSignals() as stop:
             result = trainer.fit(on_eval, on_checkpoint, stop)
     except TrainingInterrupted as interrupted:
@@ -393,6 +420,10 @@ def run_training(params: Params, base: Path | None = None) -> Path:
         if dist_info.is_main:
             tracking.end_run(status="FAILED")
         raise TrainingDiverged(f"{error}; the last good checkpoint is kept at {resume_path}") from None
+    except BaseException:  # anything else: the run did not finish (MLflow's exit hook would say FINISHED)
+        if dist_info.is_main:
+            tracking.end_run(status="FAILED")
+        raise
 
     model_path = Path(params.paths.model)
     if dist_info.is_main:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +12,7 @@ from language_entropy.checkpoint import load_checkpoint, load_model
 from language_entropy.cli import UserError
 from language_entropy.data import prompt_of, read_split
 from language_entropy.devices import select_device
-from language_entropy.evaluation import expected_answers, generation_prompts, written_answer
+from language_entropy.evaluation import expected_answers, generation_prompts, read_report, written_answer
 from language_entropy.model import ArithmeticDecoder, generate_batched
 from language_entropy.params import Params
 from language_entropy.theory import load_theoretical_entropy, theoretical_levels
@@ -40,7 +39,7 @@ def collect_trajectories(model: ArithmeticDecoder, frame: pd.DataFrame, layers: 
     texts = frame["text"].tolist()
     prompts, budget = generation_prompts(texts)
     greedy = generate_batched(model, prompts, 512, max_new_tokens=budget)
-    emitted = [tokenizer.decode(row).split(tokenizer.EOS)[0].rstrip(tokenizer.PAD) for row in greedy.tokens]
+    emitted = [tokenizer.emitted_answer(row) for row in greedy.tokens]
     right = pd.Series([got == want for got, want in zip(emitted, expected_answers(texts), strict=True)],
                       index=frame.index)
     picked = pick_problems(frame, right, count)
@@ -64,10 +63,7 @@ def run_visualization(params: Params) -> list[Path]:
         raise UserError(f"{checkpoint} not found: run `dvc repro train` first")
     payload = load_checkpoint(checkpoint)
     model = load_model(payload, select_device(params.train.device)).eval()
-    n_layer = model.config.n_layer
-    for layer in params.viz.layers:
-        if layer > n_layer:
-            raise UserError(f"viz.layers: layer {layer} does not exist (the model has hidden states 0..{n_layer})")
+    experiment_id = tracking.connect(params.mlflow.experiment)  # before the work: a bad server fails fast
     metrics, out, dpi = Path(params.paths.metrics), Path(params.paths.plots), params.viz.dpi
     tables = {}
     for name, stage in (("train_curve", "train"), ("entropy_by_step", "evaluate"), ("reliability", "evaluate"),
@@ -76,7 +72,7 @@ def run_visualization(params: Params) -> list[Path]:
         if not path.exists():
             raise UserError(f"{path} not found: run `dvc repro {stage}` first")
         tables[name] = pd.read_csv(path)
-    report = json.loads((metrics / "eval.json").read_text())
+    report = read_report(metrics / "eval.json")
     theory = load_theoretical_entropy(metrics / "theoretical_entropy.csv")
     operations = sorted(read_split(params.paths.data, "val")["op"].unique())
     mixture = (pd.concat([theoretical_levels(theory, "in_distribution", op) for op in operations])
@@ -96,11 +92,8 @@ def run_visualization(params: Params) -> list[Path]:
                                ece={split: report[split]["ece"] for split in report}),
         plots.plot_temperature(tables["temperature"], out / "temperature.png", dpi),
     ]
-    run_id = payload.get("mlflow_run_id")
-    if run_id:
-        tracking.connect(params.mlflow.experiment)
-        tracking.start_run(None, run_id=run_id)
-        for figure in figures:
-            tracking.log_artifact(str(figure), artifact_path="plots")
-        tracking.end_run()
+    tracking.start_pipeline_run(experiment_id, payload.get("mlflow_run_id"), params.flat())
+    for figure in figures:
+        tracking.log_artifact(str(figure), artifact_path="plots")
+    tracking.end_run()
     return figures

@@ -4,7 +4,6 @@ With `train.nproc_per_node` > 1 the script relaunches itself through torchrun (D
 """
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,9 +20,9 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
     if params.train.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc_per_node={params.train.nproc_per_node}", __file__, *sys.argv[1:]]
-        sys.exit(subprocess.call(command))
+        # exec, not a child: torchrun takes over this process, so signals sent to the stage reach it
+        os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                  f"--nproc_per_node={params.train.nproc_per_node}", __file__, *sys.argv[1:]])
     model_path = run_training(params, base=args.base)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"model written to {model_path}")

@@ -59,6 +59,10 @@ def test_missing_keys_take_defaults(tmp_path):
     ({"mlflow": {"experiment": " "}}, "mlflow.experiment must not be empty"),
     ({"seed": -1}, "seed must be in [0, 2**32) (got -1)"),
     ({"seed": True}, "seed must be an integer (got True)"),
+    ({"data": {"operations": ["mul"], "digits": {"min": 1, "max": 30}}},
+     "model.max_seq_len must be >= 125 to hold the longest problem (mul of 30-digit operands"),
+    ({"loss": {"continuity_on": 4}}, "loss.continuity_on must be a hidden-state index 0..model.n_layer (3) (got 4)"),
+    ({"viz": {"layers": [0, 5]}}, "viz.layers must be hidden-state indices 0..model.n_layer (3) (got 5)"),
 ])
 def test_bad_values_name_key_rule_and_value(tmp_path, tree, message):
     with pytest.raises(ParamsError) as caught:

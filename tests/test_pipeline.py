@@ -46,6 +46,17 @@ def test_repro_then_experiment_skips_unchanged_stages(tiny_project):
     show = run(["dvc", "exp", "show", "--json"], tiny_project)
     assert '"entropy_weight": 0.2' in show.stdout and '"exact_match"' in show.stdout
 
+    # Only an eval param changes: DVC reuses the trained model, and evaluation goes to a run of its own
+    # (MLflow params are immutable), linked to the training run it measured.
+    evaluation_only = run(["dvc", "exp", "run", "-S", "eval.semantic_samples=3"], tiny_project)
+    assert "Stage 'train' didn't change, skipping" in evaluation_only.stdout
+    runs = runs_of(tiny_project).set_index("run_id")
+    derived = runs[runs["params.eval.semantic_samples"] == "3"]
+    assert len(derived) == 1 and derived["metrics.test.exact_match"].notna().all()
+    trained_with_02 = runs.index[(runs["params.loss.entropy_weight"] == "0.2")
+                                 & (runs["params.eval.semantic_samples"] == "4")]
+    assert derived["tags.train_run_id"].tolist() == trained_with_02.tolist()
+
 
 def test_three_queued_experiments_share_the_root_store(tiny_project):
     weights = ["0.05", "0.1", "0.3"]
