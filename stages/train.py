@@ -1,4 +1,4 @@
-"""train stage: train the ArithmeticDecoder (seed, data, model, loss, train, mlflow sections).
+"""train stage: train the ArithmeticDecoder (seed, model, loss, train, mlflow and paths sections).
 
 With `train.nproc_per_node` > 1 the script relaunches itself through torchrun (DDP).
 """
