@@ -38,7 +38,7 @@ from language_entropy.params import (
     ModelConfig,
     TrainConfig,
 )
-from language_entropy.theory import theoretical_entropy_table, theoretical_levels
+from language_entropy.theory import theoretical_entropy_table
 from language_entropy.training import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,8 +78,7 @@ def eval_default_s(repeats: int, smoke: bool) -> tuple[float, str]:
 
     def evaluate() -> None:
         for scope, frame in frames.items():
-            levels = {op: theoretical_levels(theory, scope, op) for op in frame["op"].unique()}
-            evaluate_split(model, frame, levels, config, data.reverse_answer, seed=0)
+            evaluate_split(model, frame, theory, scope, config, data.reverse_answer, seed=0)
 
     return median_seconds(evaluate, repeats), which
 

@@ -122,22 +122,45 @@ def sample_sequences(model: ArithmeticDecoder, texts: list[str], batch_size: int
 @dataclass
 class SplitReport:
     summary: dict  # nested numbers for eval.json
-    entropy_by_step: pd.DataFrame
+    entropy_by_step: pd.DataFrame  # per operation
+    entropy_by_step_bucket: pd.DataFrame  # per operation and operand-length bucket
     reliability: pd.DataFrame
     temperature: pd.DataFrame
 
 
-def _breakdown(frame: pd.DataFrame, keys: list[str]) -> dict[str, dict[str, float]]:
-    grouped = frame.groupby(keys, sort=True)
-    table = grouped.agg(n=("right", "size"), exact_match=("right", "mean"), mean_entropy_bits=("entropy_bits", "mean"))
-    table["digit_accuracy"] = grouped.apply(lambda g: digit_accuracy(g["written"].tolist(), g["answer"].tolist()))
-    return {"_".join(map(str, key if isinstance(key, tuple) else (key,))): row.to_dict()
-            for key, row in table.iterrows()}
+def _breakdown(problems: pd.DataFrame, tokens: pd.DataFrame, key: str, temperatures: tuple[float, ...],
+               bins: int) -> dict[str, dict]:
+    """Per value of `key` (op or bucket): accuracy, entropy, perplexity, calibration and temperature curve."""
+    report = {}
+    for value, group in problems.groupby(key, sort=True):
+        group_tokens = tokens[tokens[key] == value]
+        report[value] = {
+            "n": len(group),
+            "exact_match": float(group["right"].mean()),
+            "digit_accuracy": digit_accuracy(group["written"].tolist(), group["answer"].tolist()),
+            "mean_entropy_bits": float(group_tokens["entropy_bits"].mean()),
+            **perplexity(group_tokens["nll_nats"].sum(), len(group_tokens)),
+            "ece": expected_calibration_error(group_tokens["confidence"], group_tokens["correct"], bins)[0],
+            "temperature": {f"{t:g}": float(group[f"right_at_{t:g}"].mean()) for t in temperatures},
+        }
+    return report
 
 
-def evaluate_split(model: ArithmeticDecoder, frame: pd.DataFrame, levels: dict[str, pd.DataFrame],
+def _entropy_by_step(tokens: pd.DataFrame, keys: list[str], levels) -> pd.DataFrame:
+    """Model entropy and accuracy per answer step, per group of `keys`, beside `levels(*group)`."""
+    table = tokens.groupby([*keys, "step"]).agg(model_entropy_bits=("entropy_bits", "mean"),
+                                                accuracy=("correct", "mean")).reset_index()
+    theory = pd.concat([levels(*group).assign(**dict(zip(keys, group, strict=True)))
+                        for group in table[keys].drop_duplicates().itertuples(index=False)], ignore_index=True)
+    theory = theory.rename(columns={"marginal_bits": "theoretical_marginal_bits",
+                                    "conditional_bits": "theoretical_conditional_bits"})
+    return table.merge(theory, on=[*keys, "step"], how="left").rename(columns={"op": "operation"})
+
+
+def evaluate_split(model: ArithmeticDecoder, frame: pd.DataFrame, theory: pd.DataFrame, scope: str,
                    config: EvalConfig, reverse_answer: bool, seed: int) -> SplitReport:
-    """Every measurement of one split. `levels` maps an operation to its theoretical entropy by step."""
+    """Every measurement of one split; `theory` is the theoretical-entropy table, `scope` the split's
+    mixture in it (`in_distribution` or `ood`)."""
     texts = frame["text"].tolist()
     device = next(model.parameters()).device
     forced = teacher_forced_stats(model, texts, device, config.batch_size).tokens
@@ -146,19 +169,15 @@ def evaluate_split(model: ArithmeticDecoder, frame: pd.DataFrame, levels: dict[s
     problems = frame.assign(
         right=[got == want for got, want in zip(greedy["answer"], expected, strict=True)],
         written=[written_answer(answer, reverse_answer) for answer in greedy["answer"]],
-        entropy_bits=forced.groupby("row")["entropy_bits"].mean().to_numpy(),
         bucket=frame["op"] + "_" + frame["a_digits"].astype(str) + "x" + frame["b_digits"].astype(str))
+    for column in ("op", "bucket", "a_digits", "b_digits"):
+        forced[column] = problems[column].to_numpy()[forced["row"].to_numpy()]
     ece, reliability = expected_calibration_error(forced["confidence"], forced["correct"], config.calibration_bins)
 
-    # entropy at each answer step, beside the theoretical levels of the same operation
-    forced["op"] = frame["op"].to_numpy()[forced["row"].to_numpy()]
-    by_step = (forced.groupby(["op", "step"])
-               .agg(model_entropy_bits=("entropy_bits", "mean"), accuracy=("correct", "mean")).reset_index())
-    theory = pd.concat([levels[op].assign(op=op) for op in by_step["op"].unique()], ignore_index=True)
-    theory = theory.rename(columns={"marginal_bits": "theoretical_marginal_bits",
-                                    "conditional_bits": "theoretical_conditional_bits"})
-    by_step = by_step.merge(theory[["op", "step", "theoretical_marginal_bits", "theoretical_conditional_bits"]],
-                            on=["op", "step"], how="left").rename(columns={"op": "operation"})
+    # entropy at each answer step, beside the theoretical levels of the same operation (and bucket)
+    by_step = _entropy_by_step(forced, ["op"], lambda op: theoretical_levels(theory, scope, op))
+    by_step_bucket = _entropy_by_step(forced, ["op", "a_digits", "b_digits"],
+                                      lambda op, a, b: theoretical_levels(theory, "bucket", op, int(a), int(b)))
 
     generator = torch.Generator().manual_seed(seed)
     temperature_rows = []
@@ -166,6 +185,7 @@ def evaluate_split(model: ArithmeticDecoder, frame: pd.DataFrame, levels: dict[s
         sampled = greedy if temperature == 0 else sample_sequences(
             model, texts, config.batch_size, temperature, config.top_k, config.top_p, generator=generator)
         right = np.equal(sampled["answer"].to_numpy(), np.asarray(expected))
+        problems[f"right_at_{temperature:g}"] = right
         temperature_rows.append({"temperature": temperature, "exact_match": float(right.mean()),
                                  "mean_entropy_bits": float(sampled["mean_entropy_bits"].mean())})
 
@@ -189,8 +209,8 @@ def evaluate_split(model: ArithmeticDecoder, frame: pd.DataFrame, levels: dict[s
         **perplexity(forced["nll_nats"].sum(), len(forced)),
         "mean_entropy_bits": float(forced["entropy_bits"].mean()),
         "ece": ece,
-        "per_operation": _breakdown(problems, ["op"]),
-        "per_bucket": _breakdown(problems, ["bucket"]),
+        "per_operation": _breakdown(problems, forced, "op", config.temperatures, config.calibration_bins),
+        "per_bucket": _breakdown(problems, forced, "bucket", config.temperatures, config.calibration_bins),
         "temperature": {f"{row['temperature']:g}": {k: row[k] for k in ("exact_match", "mean_entropy_bits")}
                         for row in temperature_rows},
         "semantic": {"problems": n_semantic, "samples": config.semantic_samples,
@@ -200,7 +220,7 @@ def evaluate_split(model: ArithmeticDecoder, frame: pd.DataFrame, levels: dict[s
         "auroc": {name: result.value for name, result in aurocs.items()},
         "auroc_reason": {name: result.reason for name, result in aurocs.items() if result.value is None},
     }
-    return SplitReport(summary, by_step, reliability, pd.DataFrame(temperature_rows))
+    return SplitReport(summary, by_step, by_step_bucket, reliability, pd.DataFrame(temperature_rows))
 
 
 def print_generation_steps(model: ArithmeticDecoder, frame: pd.DataFrame, reverse_answer: bool, count: int) -> None:
@@ -270,15 +290,16 @@ def run_evaluation(params: Params, checkpoint: Path, samples: int | None, verbos
         sizes = ", ".join(f"{name}: {len(frame)}" for name, frame in frames.items())
         print(f"--samples {samples} is more than some split holds ({sizes}): those are used whole", file=sys.stderr)
 
-    report, by_step, reliability, temperature = {}, [], [], []
+    report, by_step, by_step_bucket, reliability, temperature = {}, [], [], [], []
     for name, (_, scope) in SPLIT_NAMES.items():
         frame = frames[name].iloc[:samples].reset_index(drop=True)
         if verbosity > 0 and name == "test":
             print_generation_steps(model, frame, params.data.reverse_answer, count=min(10, len(frame)))
-        levels = {op: theoretical_levels(theory, scope, op) for op in frame["op"].unique()}
-        split_report = evaluate_split(model, frame, levels, params.eval, params.data.reverse_answer, params.seed)
+        split_report = evaluate_split(model, frame, theory, scope, params.eval, params.data.reverse_answer,
+                                      params.seed)
         report[name] = split_report.summary
         by_step.append(split_report.entropy_by_step.assign(split=name))
+        by_step_bucket.append(split_report.entropy_by_step_bucket.assign(split=name))
         reliability.append(split_report.reliability.assign(split=name))
         temperature.append(split_report.temperature.assign(split=name))
         if verbosity >= 0:
@@ -287,9 +308,11 @@ def run_evaluation(params: Params, checkpoint: Path, samples: int | None, verbos
                   f"ECE {summary['ece']:.4f}  AUROC(semantic entropy) {summary['auroc']['semantic_entropy']}")
 
     metrics_dir = Path(params.paths.metrics)
-    tables = {"entropy_by_step.csv": (by_step, ["split", "operation", "step", "model_entropy_bits",
-                                                "theoretical_marginal_bits", "theoretical_conditional_bits",
-                                                "accuracy"]),
+    step_columns = ["step", "model_entropy_bits", "theoretical_marginal_bits", "theoretical_conditional_bits",
+                    "accuracy"]
+    tables = {"entropy_by_step.csv": (by_step, ["split", "operation", *step_columns]),
+              "entropy_by_step_bucket.csv": (by_step_bucket, ["split", "operation", "a_digits", "b_digits",
+                                                              *step_columns]),
               "reliability.csv": (reliability, ["split", *RELIABILITY_COLUMNS]),
               "temperature.csv": (temperature, ["split", "temperature", "exact_match", "mean_entropy_bits"])}
     written = [metrics_dir / "eval.json"]

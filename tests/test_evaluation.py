@@ -16,7 +16,8 @@ from language_entropy.evaluation import (
     written_answer,
 )
 from language_entropy.model import ArithmeticDecoder
-from language_entropy.params import DataConfig, DigitRange, EvalConfig, ModelConfig
+from language_entropy.params import DataConfig, DigitRange, EntropyConfig, EvalConfig, ModelConfig
+from language_entropy.theory import theoretical_entropy_table
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +67,9 @@ def test_sampled_sequences_score_what_they_emit(model, frame):
 
 def test_split_report_is_internally_consistent(model, frame):
     config = EvalConfig(temperatures=(0.0, 1.0), semantic_problems=20, semantic_samples=3, batch_size=32)
-    levels = {op: pd.DataFrame({"step": [0, 1, 2], "marginal_bits": [3.3, 3.2, 1.0],
-                                "conditional_bits": [3.3, 3.0, 0.5]}) for op in ("add", "sub")}
-    report = evaluate_split(model, frame, levels, config, reverse_answer=True, seed=0)
+    theory = theoretical_entropy_table(DataConfig(digits=DigitRange(1, 2), ood_digits=DigitRange(3, 3)),
+                                       EntropyConfig())
+    report = evaluate_split(model, frame, theory, "in_distribution", config, reverse_answer=True, seed=0)
     summary = report.summary
     assert summary["n_problems"] == 60
     assert summary["temperature"]["0"]["exact_match"] == summary["exact_match"]
@@ -77,10 +78,21 @@ def test_split_report_is_internally_consistent(model, frame):
     weighted = sum(v["n"] * v["exact_match"] for v in per_op.values()) / 60
     assert weighted == pytest.approx(summary["exact_match"])
     assert summary["perplexity"] == pytest.approx(np.exp(summary["nll_nats_per_token"]))
+    per_bucket = summary["per_bucket"]
+    assert sum(v["n"] for v in per_bucket.values()) == 60
+    assert all(set(v["temperature"]) == {"0", "1"} for v in per_bucket.values())
+    assert per_op["add"]["temperature"]["0"] == per_op["add"]["exact_match"]
     assert report.reliability["count"].sum() == sum(len(a) + 1 for a in expected_answers(frame["text"].tolist()))
     assert set(summary["auroc"]) == {"semantic_entropy", "semantic_entropy_weighted", "token_entropy", "sequence_nll"}
     for name, value in summary["auroc"].items():
         assert (value is None) == (name in summary["auroc_reason"])
     steps = report.entropy_by_step
-    assert steps.loc[steps["step"] == 0, "theoretical_marginal_bits"].tolist() == [3.3, 3.3]
+    expected_levels = theory[(theory["scope"] == "in_distribution") & (theory["step"] == 0)]
+    assert (steps.loc[steps["step"] == 0, "theoretical_marginal_bits"].tolist()
+            == expected_levels.sort_values("operation")["marginal_bits"].tolist())
+    buckets = report.entropy_by_step_bucket
+    one_digit_add = buckets[(buckets["operation"] == "add") & (buckets["a_digits"] == 1) & (buckets["b_digits"] == 1)]
+    # the first emitted digit of a one-digit sum, units first, takes each of 0-9 equally often: log2(10)
+    assert one_digit_add.loc[one_digit_add["step"] == 0, "theoretical_marginal_bits"].item() == pytest.approx(
+        np.log2(10))
     assert list(report.temperature.columns) == ["temperature", "exact_match", "mean_entropy_bits"]
