@@ -277,7 +277,8 @@ class Trainer:
             logged = self.train_step()
             window_tokens += logged.pop("tokens")
             bar.update(1)
-            if self.step % config.eval_every == 0 or self.step == config.steps:
+            # Validation on rank 0 alone: the other ranks wait for it in the next step's gradient all-reduce.
+            if (self.step % config.eval_every == 0 or self.step == config.steps) and self.dist.is_main:
                 tokens_per_s = window_tokens / (time.perf_counter() - window_start)
                 row = {"step": self.step, "tokens_per_s": tokens_per_s, "lr": self.scheduler.get_last_lr()[0],
                        **{key: logged[key] for key in CURVE_LOSS_COLUMNS}, **self.validate()}
@@ -286,8 +287,7 @@ class Trainer:
                 row["wall_time_s"] = self.elapsed_s
                 self.curve.append(row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", val_em=f"{row['val_exact_match']:.3f}")
-                if self.dist.is_main:
-                    on_eval(row)
+                on_eval(row)
                 window_tokens, window_start = 0.0, time.perf_counter()
             signum = self._agreed_stop(stop_requested())
             if (self.step % config.checkpoint_every == 0 or signum is not None) and self.dist.is_main:
@@ -296,9 +296,11 @@ class Trainer:
                 bar.close()
                 raise TrainingInterrupted(signum)
         bar.close()
-        curve = pd.DataFrame(self.curve)
+        curve = pd.DataFrame(self.curve)  # empty on ranks other than 0
         first = ["step", "wall_time_s", "tokens_per_s", "lr", *CURVE_LOSS_COLUMNS, "val_loss", "val_exact_match"]
-        return TrainResult(self.model, curve[first + [c for c in curve.columns if c not in first]])
+        if not curve.empty:
+            curve = curve[first + [c for c in curve.columns if c not in first]]
+        return TrainResult(self.model, curve)
 
 
 class StopSignals:
@@ -355,10 +357,10 @@ def run_fingerprint(trajectory_params: dict, data_files: list[Path], base: Path 
     return digest.hexdigest()
 
 
-def run_training(params: Params, base: Path | None = None) -> Path:
-    """The train stage: fresh, resumed or continued (`base`) training, logged to MLflow; returns the model path."""
-    dist_info = init_distributed(params.train.device)
-    device = select_device(params.train.device, dist_info.local_rank)
+def preflight(params: Params, base: Path | None) -> tuple[dict | None, dict[str, pd.DataFrame], str]:
+    """Every check a user mistake can fail, before any training (and before torchrun starts workers,
+    whose errors would end in its traceback): the base checkpoint, the data, the tracking store.
+    Returns the base payload, the data splits and the MLflow experiment id."""
     base_payload = None
     if base is not None:
         base_payload = load_checkpoint(base)
@@ -367,9 +369,15 @@ def run_training(params: Params, base: Path | None = None) -> Path:
         differences = model_config_differences(base_payload["model_config"], params.model)
         if differences:
             raise UserError(f"--base {base} has another model config than params: {'; '.join(differences)}")
-    if dist_info.is_main:  # before any work, so an unreachable tracking server fails fast
-        experiment_id = tracking.connect(params.mlflow.experiment)
     splits = {name: read_split(params.paths.data, name) for name in SPLITS}
+    return base_payload, splits, tracking.connect(params.mlflow.experiment)
+
+
+def run_training(params: Params, base: Path | None = None) -> Path:
+    """The train stage: fresh, resumed or continued (`base`) training, logged to MLflow; returns the model path."""
+    dist_info = init_distributed(params.train.device)
+    device = select_device(params.train.device, dist_info.local_rank)
+    base_payload, splits, experiment_id = preflight(params, base)
 
     resume_path = Path(params.paths.resume) / "last.pt"
     trajectory = {key: value for key, value in params.flat().items()

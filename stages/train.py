@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from language_entropy.cli import run_stage, stage_parser
 from language_entropy.params import load_params
-from language_entropy.training import run_training
+from language_entropy.training import preflight, run_training
 
 
 def main() -> None:
@@ -20,6 +20,7 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
     if params.train.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
+        preflight(params, args.base)  # user mistakes as one line here, not as torchrun's worker traceback
         # exec, not a child: torchrun takes over this process, so signals sent to the stage reach it
         os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                   f"--nproc_per_node={params.train.nproc_per_node}", __file__, *sys.argv[1:]])

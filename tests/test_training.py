@@ -187,3 +187,11 @@ def test_sigterm_writes_a_checkpoint_and_marks_the_run_killed(tmp_path):
     assert "interrupted by SIGTERM: checkpoint written" in stderr
     assert (cwd / "checkpoints" / "last.pt").exists()
     assert run_status(cwd) == ["KILLED"]
+
+
+def test_ddp_launch_reports_user_mistakes_in_one_line_before_starting_workers(tmp_path):
+    cwd = setup(tmp_path, train={"nproc_per_node": 2})
+    (cwd / "data" / "val.parquet").unlink()
+    done = stage(cwd, "train", check=False)
+    assert done.returncode == 2
+    assert done.stderr == "error: data/val.parquet not found: run `dvc repro generate-data` first\n"
