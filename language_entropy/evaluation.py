@@ -80,9 +80,19 @@ def generation_prompts(texts: list[str]) -> tuple[list[list[int]], int]:
     return prompts, max(len(answer) for answer in expected_answers(texts)) + 2
 
 
+def greedy_right(model: ArithmeticDecoder, texts: list[str], batch_size: int = 512) -> np.ndarray:
+    """Whether the greedy answer to each problem is exactly right, (N,) bool."""
+    answers = sample_sequences(model, texts, batch_size)["answer"].to_numpy()
+    return np.equal(answers, np.asarray(expected_answers(texts)))
+
+
 def greedy_exact_match(model: ArithmeticDecoder, texts: list[str], batch_size: int = 512) -> float:
-    answers = sample_sequences(model, texts, batch_size)["answer"]
-    return float(np.mean([got == want for got, want in zip(answers, expected_answers(texts), strict=True)]))
+    return float(greedy_right(model, texts, batch_size).mean())
+
+
+def _entropy_bits(probs: torch.Tensor) -> torch.Tensor:
+    """Entropy in bits of distributions given as probabilities (..., V)."""
+    return entropy_from_log_probs(probs.clamp_min(1e-30).log()) * NATS_TO_BITS
 
 
 def written_answer(emitted: str, reverse_answer: bool) -> str:
@@ -108,7 +118,7 @@ def sample_sequences(model: ArithmeticDecoder, texts: list[str], batch_size: int
                            temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, return_probs=True)
     emitted = out.tokens != tokenizer.PAD_ID  # (N, S): PAD after EOS
     chosen = out.probs.gather(-1, out.tokens.unsqueeze(-1)).squeeze(-1).clamp_min(1e-30)
-    entropy = entropy_from_log_probs(out.probs.clamp_min(1e-30).log()) * NATS_TO_BITS  # (N, S)
+    entropy = _entropy_bits(out.probs)  # (N, S)
     length = emitted.sum(1)
     return pd.DataFrame({
         "problem": problems,
@@ -228,7 +238,7 @@ def print_generation_steps(model: ArithmeticDecoder, frame: pd.DataFrame, revers
     texts = frame["text"].tolist()[:count]
     prompts, budget = generation_prompts(texts)
     out = generate_batched(model, prompts, len(texts), max_new_tokens=budget, return_probs=True)
-    entropy = entropy_from_log_probs(out.probs.clamp_min(1e-30).log()) * NATS_TO_BITS  # (N, S)
+    entropy = _entropy_bits(out.probs)  # (N, S)
     for i, (text, expected) in enumerate(zip(texts, expected_answers(texts), strict=True)):
         answer = tokenizer.emitted_answer(out.tokens[i])
         verdict = "right" if answer == expected else "wrong"

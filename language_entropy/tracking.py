@@ -152,19 +152,25 @@ def start_run(experiment_id: str, run_id: str | None = None, tags: dict[str, str
 
 
 @retry_locked
+def _find_run(experiment_id: str, filter_string: str) -> str | None:
+    found = MlflowClient().search_runs([experiment_id], filter_string=filter_string, max_results=1)
+    return found[0].info.run_id if found else None
+
+
 def start_pipeline_run(experiment_id: str, train_run_id: str | None, flat_params: dict[str, object]) -> str:
     """The run that evaluate and visualize log into: the training run when params are unchanged since
     training, else (only eval or viz params changed, so DVC reused the trained model) the run of these
-    params derived from it, created once with every param and a `train_run_id` tag."""
+    params derived from it, created once with every param and a `train_run_id` tag.
+
+    Not retried as a whole (its parts are): a retry after the create would make a second run."""
     digest = params_digest(flat_params)
-    client = MlflowClient()
-    if train_run_id is not None and run_exists(train_run_id):
-        if client.get_run(train_run_id).data.tags.get(PARAMS_DIGEST_TAG) == digest:
-            return start_run(experiment_id, run_id=train_run_id)
-        found = client.search_runs([experiment_id], filter_string=f"tags.train_run_id = '{train_run_id}' and "
-                                                                  f"tags.{PARAMS_DIGEST_TAG} = '{digest}'")
-        if found:
-            return start_run(experiment_id, run_id=found[0].info.run_id)
+    if train_run_id is not None:
+        same_params = _find_run(experiment_id, f"attributes.run_id = '{train_run_id}' and "
+                                               f"tags.{PARAMS_DIGEST_TAG} = '{digest}'")
+        derived = same_params or _find_run(experiment_id, f"tags.train_run_id = '{train_run_id}' and "
+                                                          f"tags.{PARAMS_DIGEST_TAG} = '{digest}'")
+        if derived:
+            return start_run(experiment_id, run_id=derived)
     tags = run_tags(flat_params) | ({"train_run_id": train_run_id} if train_run_id else {})
     run_id = start_run(experiment_id, tags=tags)
     log_params(flat_params)

@@ -12,7 +12,7 @@ from language_entropy.checkpoint import load_checkpoint, load_model
 from language_entropy.cli import UserError
 from language_entropy.data import prompt_of, read_split
 from language_entropy.devices import select_device
-from language_entropy.evaluation import expected_answers, generation_prompts, read_report, written_answer
+from language_entropy.evaluation import generation_prompts, greedy_right, read_report, written_answer
 from language_entropy.model import ArithmeticDecoder, generate_batched
 from language_entropy.params import Params
 from language_entropy.theory import load_theoretical_entropy, theoretical_levels
@@ -36,12 +36,7 @@ def collect_trajectories(model: ArithmeticDecoder, frame: pd.DataFrame, layers: 
                          reverse_answer: bool) -> list[plots.Trajectory]:
     """Greedy generations of right and wrong answers with the hidden state behind every emitted token."""
     model.eval()
-    texts = frame["text"].tolist()
-    prompts, budget = generation_prompts(texts)
-    greedy = generate_batched(model, prompts, 512, max_new_tokens=budget)
-    emitted = [tokenizer.emitted_answer(row) for row in greedy.tokens]
-    right = pd.Series([got == want for got, want in zip(emitted, expected_answers(texts), strict=True)],
-                      index=frame.index)
+    right = pd.Series(greedy_right(model, frame["text"].tolist()), index=frame.index)
     picked = pick_problems(frame, right, count)
     prompts, budget = generation_prompts(picked["text"].tolist())
     out = generate_batched(model, prompts, len(picked), max_new_tokens=budget, return_hidden=True)
