@@ -18,14 +18,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from language_entropy.data import encode_batch, with_text  # noqa: E402
 from language_entropy.losses import compute_losses  # noqa: E402
 from language_entropy.model import ArithmeticDecoder  # noqa: E402
-from language_entropy.params import LossConfig, ModelConfig  # noqa: E402
-from language_entropy.tokenizer import EOS_ID, EQUALS_ID, PAD_ID, encode  # noqa: E402
+from language_entropy.params import DigitRange, LossConfig, ModelConfig  # noqa: E402
+from language_entropy.problems import draw_problems  # noqa: E402
+from language_entropy.tokenizer import EOS_ID, PAD_ID, encode  # noqa: E402
 
 ALL_LOSSES = LossConfig(entropy_weight=0.01, continuity_weight=0.1, entropy_mask="drop_high")
 
@@ -54,19 +57,8 @@ def _median_seconds(fn, device: torch.device, repeats: int, warmup: int = 1) -> 
 
 def training_batch(batch_size: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
     """Additions and subtractions of 1-3 digit numbers, answers reversed: ~12-14 tokens a row."""
-    rng = random.Random(seed)
-    texts = []
-    for _ in range(batch_size):
-        a, b = rng.randint(0, 999), rng.randint(0, 999)
-        op = rng.choice("+-")
-        answer = str(a + b if op == "+" else a - b)
-        sign, digits = ("-", answer[1:]) if answer.startswith("-") else ("", answer)
-        texts.append(f"^{a}{op}{b}={sign}{digits[::-1]}$")
-    width = max(len(t) for t in texts)
-    tokens = torch.tensor([encode(t) + [PAD_ID] * (width - len(t)) for t in texts], device=device)
-    targets = tokens[:, 1:]
-    answer_mask = (torch.cumsum(tokens == EQUALS_ID, dim=1)[:, :-1] > 0) & (targets != PAD_ID)
-    return {"tokens": tokens, "answer_mask": answer_mask, "valid_mask": tokens[:, :-1] != PAD_ID}
+    problems = draw_problems(np.random.default_rng(seed), ("add", "sub"), DigitRange(1, 3), batch_size)
+    return encode_batch(with_text(problems, reverse=True)["text"].tolist(), device)
 
 
 def bench_train_steps(device: str | torch.device = "cpu", batch_size: int = 128, steps: int = 10,

@@ -27,7 +27,8 @@ import bench_theory
 
 from language_entropy.checkpoint import load_model
 from language_entropy.data import generate_splits
-from language_entropy.evaluation import evaluate_split, greedy_exact_match
+from language_entropy.evaluation import evaluate_split
+from language_entropy.measure import greedy_exact_match
 from language_entropy.model import ArithmeticDecoder
 from language_entropy.params import (
     DataConfig,

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from language_entropy.cli import UserError
+from language_entropy.errors import ParamsError, UserError
 from language_entropy.model import ArithmeticDecoder
-from language_entropy.params import ModelConfig, ParamsError
+from language_entropy.params import ModelConfig
 
 _PLAIN = (str, int, float, bool, type(None))
 

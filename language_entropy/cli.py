@@ -6,11 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from language_entropy.params import ParamsError
-
-
-class UserError(Exception):
-    """A mistake the user can fix (missing file, bad flag, bad checkpoint): printed as one line, exit 2."""
+from language_entropy.errors import ParamsError, UserError
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:

@@ -1,11 +1,8 @@
-"""Arithmetic problems: drawing, exact answers, disjoint splits, and batches for the model.
+"""The data splits: drawn problems deduplicated into disjoint splits, saved, loaded, and batched for the model.
 
-A problem is drawn in three steps: an operation uniformly from `operations`, the two operand
-lengths independently and uniformly from the digit range, and each operand uniformly over the
-numbers with that many digits (1 digit means 0-9; a 1-digit divisor is 1-9). Answers use exact
-integer arithmetic (Python ints beyond int64), never `eval`. Problems are deduplicated and the
-splits are disjoint; a small bucket (1x1 digits holds 100 problems per operation) simply runs
-out while drawing goes on, and only a request larger than the whole space is an error.
+Problems come from `language_entropy.problems` (the distribution and the answer format). The
+splits are disjoint; a small bucket (1x1 digits holds 100 problems per operation) simply runs out
+while drawing goes on, and only a request larger than the whole space is an error.
 """
 
 from __future__ import annotations
@@ -17,75 +14,16 @@ import pandas as pd
 import torch
 
 from language_entropy import tokenizer
-from language_entropy.cli import UserError
-from language_entropy.params import DataConfig, DigitRange
+from language_entropy.errors import UserError
+from language_entropy.params import DataConfig
+from language_entropy.problems import draw_problems, reorder_answer, space_size
 
 SPLITS = ("train", "val", "test", "ood")
 COLUMNS = ["a", "op", "b", "answer", "a_digits", "b_digits", "text"]
-INT64_SAFE_DIGITS = 18  # |x| < 10**18 fits in int64 with room for a sum
 
 
 class DataSpaceError(ValueError):
     """The operand space cannot supply the requested number of distinct problems."""
-
-
-def count_operands(digits: int, divisor: bool = False) -> int:
-    """How many operands have exactly `digits` digits (0-9 for one digit; a divisor is >= 1)."""
-    if digits == 1:
-        return 9 if divisor else 10
-    return 9 * 10 ** (digits - 1)
-
-
-def space_size(operations: tuple[str, ...], digits: DigitRange) -> int:
-    """Number of distinct problems with both operand lengths in `digits`."""
-    total = 0
-    for op in operations:
-        a_count = sum(count_operands(n) for n in digits.lengths)
-        b_count = sum(count_operands(n, divisor=op == "div") for n in digits.lengths)
-        total += a_count * b_count
-    return total
-
-
-def _draw_operands(rng: np.random.Generator, lengths: np.ndarray, divisor: np.ndarray) -> np.ndarray:
-    """One operand per row, uniform over the numbers with lengths[i] digits (int64, or Python ints if long)."""
-    short = np.minimum(lengths, INT64_SAFE_DIGITS)
-    low = np.where(short == 1, divisor.astype(np.int64), 10 ** (short - 1))
-    values = rng.integers(low, 10**short)
-    if lengths.max() <= INT64_SAFE_DIGITS:
-        return values
-    # Longer than int64 allows: a leading part with the extra digits (leading digit 1-9) above 18 uniform digits.
-    values = values.astype(object)
-    long_rows = np.flatnonzero(lengths > INT64_SAFE_DIGITS)
-    extra = lengths[long_rows] - INT64_SAFE_DIGITS
-    leading = rng.integers(10 ** (extra - 1), 10**extra)
-    tail = rng.integers(0, 10**INT64_SAFE_DIGITS, size=len(long_rows))
-    for row, lead, low_part in zip(long_rows, leading.tolist(), tail.tolist(), strict=True):
-        values[row] = lead * 10**INT64_SAFE_DIGITS + low_part
-    return values
-
-
-def _answers(op: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Exact answers, elementwise; object arrays of Python ints stay exact at any length."""
-    answer = np.empty(len(op), dtype=a.dtype if a.dtype == b.dtype else object)
-    for name, compute in (("add", np.add), ("sub", np.subtract), ("mul", np.multiply), ("div", np.floor_divide)):
-        rows = op == name
-        if rows.any():
-            answer[rows] = compute(a[rows], b[rows])
-    return answer
-
-
-def draw_problems(rng: np.random.Generator, operations: tuple[str, ...], digits: DigitRange, n: int) -> pd.DataFrame:
-    """`n` problems drawn independently (duplicates possible), columns a, op, b, answer, a_digits, b_digits."""
-    op = np.asarray(operations)[rng.integers(0, len(operations), size=n)]
-    a_digits = rng.integers(digits.min, digits.max + 1, size=n)
-    b_digits = rng.integers(digits.min, digits.max + 1, size=n)
-    a = _draw_operands(rng, a_digits, np.zeros(n, dtype=bool))
-    b = _draw_operands(rng, b_digits, op == "div")
-    needs_python_ints = digits.max > INT64_SAFE_DIGITS or ("mul" in operations and 2 * digits.max > INT64_SAFE_DIGITS)
-    if needs_python_ints:
-        a, b = a.astype(object), b.astype(object)
-    return pd.DataFrame({"a": a, "op": op, "b": b, "answer": _answers(op, a, b),
-                         "a_digits": a_digits.astype(np.int8), "b_digits": b_digits.astype(np.int8)})
 
 
 def _draw_distinct(rng, operations, digits, n, exclude: pd.DataFrame | None, split: str) -> pd.DataFrame:
@@ -109,20 +47,12 @@ def _draw_distinct(rng, operations, digits, n, exclude: pd.DataFrame | None, spl
     return found.iloc[:n].reset_index(drop=True)
 
 
-def answer_text(answers: pd.Series, reverse: bool) -> pd.Series:
-    """The answer as the model emits it: digits reversed when `reverse`, a leading '-' in both orders."""
-    text = answers.astype(str)
-    if not reverse:
-        return text
-    negative = text.str.startswith("-")
-    magnitude = text.str.lstrip("-").str[::-1]
-    return magnitude.where(~negative, "-" + magnitude)
-
-
-def _with_text(problems: pd.DataFrame, reverse: bool) -> pd.DataFrame:
+def with_text(problems: pd.DataFrame, reverse: bool) -> pd.DataFrame:
+    """The split columns of drawn problems: numbers as decimal strings and the full `text` the model reads."""
     symbols = problems["op"].map(tokenizer.OPERATOR_SYMBOLS)
     a, b = problems["a"].astype(str), problems["b"].astype(str)
-    text = a + symbols + b + tokenizer.EQUALS + answer_text(problems["answer"], reverse) + tokenizer.EOS
+    answers = problems["answer"].astype(str).map(lambda answer: reorder_answer(answer, reverse))
+    text = a + symbols + b + tokenizer.EQUALS + answers + tokenizer.EOS
     # Stored as decimal strings: exact at any length (int64 overflows past 18 digits).
     return pd.DataFrame({"a": a, "op": problems["op"].astype(str), "b": b,
                          "answer": problems["answer"].astype(str), "a_digits": problems["a_digits"],
@@ -142,7 +72,7 @@ def generate_splits(config: DataConfig, seed: int) -> dict[str, pd.DataFrame]:
     bounds = np.cumsum([0, *sizes.values()])
     splits = {name: in_dist.iloc[lo:hi] for name, lo, hi in zip(sizes, bounds[:-1], bounds[1:], strict=True)}
     splits["ood"] = ood
-    return {name: _with_text(splits[name].reset_index(drop=True), config.reverse_answer) for name in SPLITS}
+    return {name: with_text(splits[name].reset_index(drop=True), config.reverse_answer) for name in SPLITS}
 
 
 def split_path(data_dir: str | Path, split: str) -> Path:

@@ -2,7 +2,7 @@
 
 import torch
 
-from language_entropy.cli import UserError
+from language_entropy.errors import UserError
 
 
 def select_device(name: str, local_rank: int = 0) -> torch.device:

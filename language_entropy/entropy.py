@@ -1,9 +1,14 @@
-"""Token entropy: nats inside every computation, bits in every report (`to_bits`)."""
+"""Every entropy helper: nats inside torch computations, bits in every report (`to_bits`).
+
+`entropy_from_log_probs`, `entropy_from_logits` and `entropy_bits_from_probs` work on torch tensors
+(the losses and the model's measurements); `entropy_bits` on numpy distributions (the theory).
+"""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -19,6 +24,18 @@ def entropy_from_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
     """Entropy in nats from log-probabilities over the last dim: -sum(p log p), finite even where
     p underflows to 0 (log p stays finite, p log p -> 0). Differentiable."""
     return -(log_probs.exp() * log_probs).sum(dim=-1)
+
+
+def entropy_bits_from_probs(probs: torch.Tensor) -> torch.Tensor:
+    """Entropy in bits of distributions given as probabilities (..., V); a zero probability adds 0."""
+    return entropy_from_log_probs(probs.clamp_min(1e-30).log()) * NATS_TO_BITS
+
+
+def entropy_bits(p: np.ndarray) -> np.ndarray:
+    """Entropy in bits along the last axis of numpy distributions (0 log 0 = 0), never negative."""
+    positive = p > 0
+    terms = np.where(positive, p * np.log2(np.where(positive, p, 1.0)), 0.0)
+    return np.clip(-terms.sum(axis=-1), 0.0, None) + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
 def entropy_from_logits(logits: torch.Tensor, chunk_size: int = 4096, temperature: float = 1.0) -> torch.Tensor:

@@ -19,8 +19,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from language_entropy.cli import UserError
 from language_entropy.entropy import entropy_from_log_probs, entropy_from_logits, to_bits
+from language_entropy.errors import UserError
 from language_entropy.params import LossConfig
 from language_entropy.tokenizer import PAD_ID
 
@@ -70,11 +70,6 @@ def global_average(values: torch.Tensor) -> torch.Tensor:
 # The losses
 
 
-def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
-                         count: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean cross-entropy (nats) over `mask` (B, T); logits (B, T, V), targets (B, T)."""
-    ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")  # (B*T,)
-    return masked_mean(ce.view_as(targets), mask, count)
 
 
 def continuity_pair_mask(answer_mask: torch.Tensor, valid_mask: torch.Tensor, targets: torch.Tensor,
@@ -126,10 +121,6 @@ def select_hidden(hidden: list[torch.Tensor], continuity_on: str | int) -> torch
     return hidden[continuity_on]
 
 
-def entropy_penalty(logits: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0,
-                    chunk_size: int = 4096, count: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean entropy (nats) of softmax(logits / temperature) over `mask`; carries gradient."""
-    return masked_mean(entropy_from_logits(logits, chunk_size, temperature), mask, count)
 
 
 def _quantile_threshold(values: torch.Tensor, valid: torch.Tensor, quantile: float) -> torch.Tensor:

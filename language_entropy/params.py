@@ -17,11 +17,9 @@ from pathlib import Path
 
 import yaml
 
+from language_entropy.errors import ParamsError
+
 OPERATIONS = ("add", "sub", "mul", "div")
-
-
-class ParamsError(ValueError):
-    """A user mistake in params: the message is one line naming the key, the rule and the value."""
 
 
 def _require(ok: bool, key: str, rule: str, value: object) -> None:

@@ -22,6 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
+from sklearn.decomposition import PCA
 
 SPLIT_TITLES = {"test": "test (in distribution)", "test_ood": "test_ood (longer operands)"}
 RIGHT, WRONG = "-", "--"  # line styles of right and wrong answers in the trajectories
@@ -44,7 +45,7 @@ class Trajectory:
 
 
 def pca(x: np.ndarray, n_components: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Principal components of the rows of `x` (n, C) by SVD of the centred data.
+    """Principal components of the rows of `x` (n, C), through scikit-learn's PCA.
 
     Returns (projection (n, k), components (k, C), explained variance ratio (k,)). Signs are
     fixed so that each component's largest-magnitude loading is positive. Components beyond
@@ -55,18 +56,14 @@ def pca(x: np.ndarray, n_components: int = 2) -> tuple[np.ndarray, np.ndarray, n
         raise ValueError(f"pca needs n_components >= 1 (got {n_components})")
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"pca needs a non-empty 2-D array (got shape {x.shape})")
-    centred = x - x.mean(axis=0)
-    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
-    k = min(n_components, vt.shape[0])
-    vt = vt[:k] * np.sign(vt[:k][np.arange(k), np.abs(vt[:k]).argmax(axis=1)])[:, None]
-    variance = singular**2
-    total = variance.sum()
-    ratio = variance[:k] / total if total > 0 else np.zeros(k)
-    components = np.zeros((n_components, x.shape[1]))
-    components[:k] = vt
-    explained = np.zeros(n_components)
-    explained[:k] = ratio
-    return centred @ components.T, components, explained
+    k = min(n_components, *x.shape)
+    components, explained = np.zeros((n_components, x.shape[1])), np.zeros(n_components)
+    if x.shape[0] > 1:  # one row has no variance to explain
+        fitted = PCA(n_components=k, svd_solver="full").fit(x)
+        signs = np.sign(fitted.components_[np.arange(k), np.abs(fitted.components_).argmax(axis=1)])
+        components[:k] = fitted.components_ * signs[:, None]
+        explained[:k] = np.nan_to_num(fitted.explained_variance_ratio_)
+    return (x - x.mean(axis=0)) @ components.T, components, explained
 
 
 def _figure(nrows: int, ncols: int, figsize: tuple[float, float], **kwargs) -> tuple[Figure, np.ndarray]:

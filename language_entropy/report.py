@@ -20,7 +20,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from language_entropy.cli import UserError
+from language_entropy.errors import UserError
 from language_entropy.params import Params
 
 METRICS = ("test.exact_match", "test_ood.exact_match", "test.mean_entropy_bits", "test.auroc.semantic_entropy")

@@ -17,7 +17,6 @@ STOI = {ch: i for i, ch in enumerate(VOCAB)}
 
 VOCAB_SIZE = len(VOCAB)
 PAD_ID, BOS_ID, EOS_ID, EQUALS_ID = STOI[PAD], STOI[BOS], STOI[EOS], STOI[EQUALS]
-MINUS_ID = STOI["-"]
 DIGIT_IDS = range(STOI["0"], STOI["9"] + 1)  # contiguous, so "is a digit" is one range check
 
 
@@ -44,15 +43,6 @@ def decode(ids) -> str:
 def emitted_answer(ids) -> str:
     """The generated answer text in emitted order: everything before EOS (or padding)."""
     return decode(ids).split(EOS)[0].split(PAD)[0]
-
-
-def decode_answer(ids, reverse_answer: bool) -> str:
-    """The answer as a person writes it, from the generated ids after '=' (stops at eos or pad)."""
-    text = emitted_answer(ids)
-    if not reverse_answer:
-        return text
-    sign, digits = ("-", text[1:]) if text.startswith("-") else ("", text)
-    return sign + digits[::-1]
 
 
 def is_digit(ids: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ from filelock import FileLock
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from language_entropy.cli import UserError
+from language_entropy.errors import UserError
 
 T = TypeVar("T")
 STORE_FILE = "mlflow.db"

@@ -11,17 +11,12 @@ the losses normalise by the global token count, so N ranks with batch B/N equal 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
-import json
 import math
-import os
 import signal
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -30,15 +25,13 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from language_entropy import tokenizer, tracking
-from language_entropy.checkpoint import load_checkpoint, model_payload, save_checkpoint
-from language_entropy.cli import UserError
-from language_entropy.data import SPLITS, batch_from_tokens, encode_batch, read_split, split_path
-from language_entropy.devices import select_device
-from language_entropy.evaluation import greedy_exact_match, teacher_forced_stats
+from language_entropy import tokenizer
+from language_entropy.data import batch_from_tokens, encode_batch
+from language_entropy.errors import UserError
 from language_entropy.losses import AdaptiveEntropyCoefficient, compute_losses, entropy_coefficient
+from language_entropy.measure import greedy_exact_match, teacher_forced_stats
 from language_entropy.model import ArithmeticDecoder
-from language_entropy.params import LossConfig, ModelConfig, Params, TrainConfig
+from language_entropy.params import LossConfig, ModelConfig, TrainConfig
 
 CURVE_LOSS_COLUMNS = ("loss", "ce_loss", "continuity_loss", "entropy_loss", "entropy_coef")
 
@@ -64,16 +57,6 @@ class Distributed:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def init_distributed(device_name: str) -> Distributed:
-    """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1), else single process."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return Distributed()
-    backend = "nccl" if select_device(device_name).type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend)
-    return Distributed(dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def configure_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
@@ -301,152 +284,3 @@ class Trainer:
         if not curve.empty:
             curve = curve[first + [c for c in curve.columns if c not in first]]
         return TrainResult(self.model, curve)
-
-
-class StopSignals:
-    """Turns SIGINT/SIGTERM into a flag the loop checks after each step, so a checkpoint gets written."""
-
-    def __init__(self):
-        self.signum: int | None = None
-
-    def __enter__(self):
-        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def __call__(self) -> int | None:
-        return self.signum
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def load_resume_state(path: Path, fingerprint: str) -> tuple[dict | None, str]:
-    """The resume checkpoint if it belongs to this exact run (params, data, code), with the reason either way."""
-    if not path.exists():
-        return None, "no resume checkpoint; starting fresh"
-    try:
-        state = load_checkpoint(path)
-    except UserError as error:
-        return None, f"resume checkpoint unusable ({error}); starting fresh"
-    if state.get("fingerprint") != fingerprint:
-        return None, f"{path} was written with other params, data or code; starting fresh"
-    return state, f"resuming from {path} at step {state['step']}"
-
-
-def model_config_differences(saved: dict, config: ModelConfig) -> list[str]:
-    """Keys where a checkpoint's model config differs from params, as `key: saved -> params`."""
-    current = dataclasses.asdict(config)
-    return [f"model.{key}: {saved.get(key)!r} -> {value!r}"
-            for key, value in current.items() if saved.get(key) != value]
-
-
-def save_resume_state(path: Path, state: dict, fingerprint: str, run_id: str | None) -> None:
-    save_checkpoint(path, {**state, "fingerprint": fingerprint, "mlflow_run_id": run_id})
-
-
-def run_fingerprint(trajectory_params: dict, data_files: list[Path], base: Path | None) -> str:
-    """Hash of everything that decides the weights: the params, the data bytes, the package's code."""
-    digest = hashlib.sha256(json.dumps(trajectory_params, sort_keys=True, default=str).encode())
-    code = sorted(Path(__file__).parent.glob("*.py"))
-    for path in [*data_files, *code, *([base] if base else [])]:
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def preflight(params: Params, base: Path | None) -> tuple[dict | None, dict[str, pd.DataFrame], str]:
-    """Every check a user mistake can fail, before any training (and before torchrun starts workers,
-    whose errors would end in its traceback): the base checkpoint, the data, the tracking store.
-    Returns the base payload, the data splits and the MLflow experiment id."""
-    base_payload = None
-    if base is not None:
-        base_payload = load_checkpoint(base)
-        if "model_config" not in base_payload or "model_state" not in base_payload:
-            raise UserError(f"--base {base}: not a model checkpoint (it holds no model config and weights)")
-        differences = model_config_differences(base_payload["model_config"], params.model)
-        if differences:
-            raise UserError(f"--base {base} has another model config than params: {'; '.join(differences)}")
-    splits = {name: read_split(params.paths.data, name) for name in SPLITS}
-    return base_payload, splits, tracking.connect(params.mlflow.experiment)
-
-
-def run_training(params: Params, base: Path | None = None) -> Path:
-    """The train stage: fresh, resumed or continued (`base`) training, logged to MLflow; returns the model path."""
-    dist_info = init_distributed(params.train.device)
-    device = select_device(params.train.device, dist_info.local_rank)
-    base_payload, splits, experiment_id = preflight(params, base)
-
-    resume_path = Path(params.paths.resume) / "last.pt"
-    trajectory = {key: value for key, value in params.flat().items()
-                  if key.split(".")[0] in ("seed", "model", "loss", "train")}
-    fingerprint = run_fingerprint(trajectory, [split_path(params.paths.data, name) for name in ("train", "val")], base)
-    state, why = load_resume_state(resume_path, fingerprint)
-
-    trainer = Trainer(params.model, params.loss, params.train, params.seed, splits["train"]["text"].tolist(),
-                      splits["val"]["text"].tolist(), device, dist_info)
-    if state is not None:
-        trainer.restore(state)
-    elif base_payload is not None:
-        why = f"continuing from --base {base}: {trainer.load_base(base_payload)}"
-    run_id = state.get("mlflow_run_id") if state else None
-
-    def on_eval(row: dict[str, float]) -> None:
-        tracking.log_metrics({k: v for k, v in row.items() if k != "step" and math.isfinite(v)}, step=int(row["step"]))
-        if not sys.stderr.isatty():
-            print(f"step {int(row['step'])}/{params.train.steps}  loss {row['loss']:.4f}  "
-                  f"val_loss {row['val_loss']:.4f}  val_exact_match {row['val_exact_match']:.4f}  "
-                  f"{row['tokens_per_s']:.0f} tok/s", file=sys.stderr, flush=True)
-
-    def on_checkpoint(state: dict) -> None:
-        save_resume_state(resume_path, state, fingerprint, run_id)
-
-    if dist_info.is_main:
-        print(why, file=sys.stderr)
-        if run_id is not None and not tracking.run_exists(run_id):
-            print(f"the resumed run's MLflow run {run_id} is not in the store; logging to a new run", file=sys.stderr)
-            run_id = None
-        resumed = run_id is not None
-        run_id = tracking.start_run(experiment_id, run_id=run_id, tags=tracking.run_tags(params.flat()))
-    try:
-        if dist_info.is_main:
-            tracking.log_params(params.flat())
-            if not resumed:
-                for name, frame in splits.items():
-                    tracking.log_dataset(frame, split_path(params.paths.data, name), name)
-                on_checkpoint(trainer.state())  # the run id is on disk from the start: a kill resumes this run
-        with StopSignals() as stop:
-            result = trainer.fit(on_eval, on_checkpoint, stop)
-    except TrainingInterrupted as interrupted:
-        if dist_info.is_main:
-            tracking.end_run(status="KILLED")
-            print(f"{interrupted}: checkpoint written to {resume_path}; run again to resume", file=sys.stderr)
-        raise SystemExit(128 + interrupted.signum) from None
-    except TrainingDiverged as error:
-        if dist_info.is_main:
-            tracking.end_run(status="FAILED")
-        raise TrainingDiverged(f"{error}; the last good checkpoint is kept at {resume_path}") from None
-    except BaseException:  # anything else: the run did not finish (MLflow's exit hook would say FINISHED)
-        if dist_info.is_main:
-            tracking.end_run(status="FAILED")
-        raise
-
-    model_path = Path(params.paths.model)
-    if dist_info.is_main:
-        metrics_dir = Path(params.paths.metrics)
-        metrics_dir.mkdir(parents=True, exist_ok=True)
-        curve_path = metrics_dir / "train_curve.csv"
-        result.curve.to_csv(curve_path, index=False)
-        save_checkpoint(model_path, {**model_payload(result.model), "optimizer": trainer.optimizer.state_dict(),
-                                     "vocab": tokenizer.VOCAB, "params": params.flat(), "mlflow_run_id": run_id,
-                                     "steps": trainer.step})
-        tracking.log_artifact(str(curve_path))
-        tracking.log_artifact(str(model_path), artifact_path="checkpoint")
-        tracking.end_run()
-        resume_path.unlink(missing_ok=True)  # finished: the next run of this stage starts fresh
-    if dist_info.world_size > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    return model_path

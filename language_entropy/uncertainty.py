@@ -9,7 +9,7 @@ summaries live in `language_entropy.entropy`.
   `semantic_entropy_by_problem`: entropy over the *meanings* of sampled answers
   (Kuhn, Gal & Farquhar, "Semantic Uncertainty", ICLR 2023; Farquhar et al., "Detecting
   hallucinations in large language models using semantic entropy", Nature 2024).
-- `perplexity`, `digit_accuracy`, `exact_match`: plain accuracy and likelihood summaries.
+- `perplexity`, `digit_accuracy`: plain accuracy and likelihood summaries.
 
 Entropies are in bits; log-probabilities and negative log-likelihoods are in nats.
 """
@@ -246,7 +246,7 @@ def digit_accuracy(predicted: Sequence[str], expected: Sequence[str]) -> float:
     Each pair is compared right-aligned, as a person lines up numbers: the last characters, then
     the ones before them, and so on. Every character of the expected answer (its sign included)
     counts once; where the prediction is too short the missing characters count as wrong, and
-    extra leading characters of a longer prediction are not counted (`exact_match` sees those).
+    extra leading characters of a longer prediction are not counted (exact match sees those).
     E.g. predicted ``124`` for ``123`` matches 2 of 3, ``7`` for ``-7`` 1 of 2, ``12`` for ``123``
     0 of 3. The result is pooled over all characters: sum of matches / sum of expected lengths.
     """
@@ -259,12 +259,6 @@ def digit_accuracy(predicted: Sequence[str], expected: Sequence[str]) -> float:
     return matched / total
 
 
-def exact_match(predicted: Sequence[str], expected: Sequence[str]) -> float:
-    """Fraction of predictions equal to their expected answer as strings (so ``012`` for ``12`` is wrong)."""
-    _same_length(predicted, expected, "predicted", "expected")
-    if len(expected) == 0:
-        raise ValueError("exact_match needs at least one answer")
-    return sum(p == e for p, e in zip(predicted, expected, strict=True)) / len(expected)
 
 
 def _meaning(answer: str) -> tuple[str, object]:

@@ -9,8 +9,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from language_entropy.cli import run_stage, stage_parser
-from language_entropy.evaluation import run_evaluation
 from language_entropy.params import load_params
+from language_entropy.pipeline.evaluate import run_evaluation
 
 
 def main() -> None:

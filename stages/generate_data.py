@@ -5,8 +5,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from language_entropy.cli import UserError, run_stage, stage_parser
+from language_entropy.cli import run_stage, stage_parser
 from language_entropy.data import DataSpaceError, generate_splits, write_splits
+from language_entropy.errors import UserError
 from language_entropy.params import load_params
 
 

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from language_entropy.cli import run_stage, stage_parser
 from language_entropy.params import load_params
-from language_entropy.training import preflight, run_training
+from language_entropy.pipeline.train import preflight, run_training
 
 
 def main() -> None:

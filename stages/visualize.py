@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from language_entropy.cli import run_stage, stage_parser
 from language_entropy.params import load_params
-from language_entropy.visualization import run_visualization
+from language_entropy.pipeline.visualize import run_visualization
 
 
 def main() -> None:

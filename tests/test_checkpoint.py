@@ -11,7 +11,7 @@ import torch
 
 from language_entropy import checkpoint
 from language_entropy.checkpoint import load_checkpoint, load_model, model_payload, save_checkpoint
-from language_entropy.cli import UserError
+from language_entropy.errors import UserError
 from language_entropy.model import ArithmeticDecoder
 from language_entropy.params import POS_ENCODINGS, ModelConfig
 from language_entropy.tokenizer import encode

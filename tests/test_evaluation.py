@@ -7,16 +7,11 @@ import torch
 
 from language_entropy import tokenizer
 from language_entropy.data import generate_splits
-from language_entropy.evaluation import (
-    evaluate_split,
-    expected_answers,
-    flatten_numbers,
-    sample_sequences,
-    teacher_forced_stats,
-    written_answer,
-)
+from language_entropy.evaluation import evaluate_split, flatten_numbers
+from language_entropy.measure import expected_answers, sample_sequences, teacher_forced_stats
 from language_entropy.model import ArithmeticDecoder
 from language_entropy.params import DataConfig, DigitRange, EntropyConfig, EvalConfig, ModelConfig
+from language_entropy.problems import reorder_answer
 from language_entropy.theory import theoretical_entropy_table
 
 
@@ -35,9 +30,9 @@ def frame():
 
 def test_answer_helpers():
     assert expected_answers(["12+3=51$", "7-12=5-$"]) == ["51", "5-"]
-    assert written_answer("51", reverse_answer=True) == "15"
-    assert written_answer("-533", reverse_answer=True) == "-335"
-    assert written_answer("-335", reverse_answer=False) == "-335"
+    assert reorder_answer("51", reverse=True) == "15"
+    assert reorder_answer("-533", reverse=True) == "-335"
+    assert reorder_answer("-335", reverse=False) == "-335"
     nested = {"test": {"exact_match": 0.5, "auroc": {"token_entropy": None, "sequence_nll": 0.75}, "n": 3,
                        "flag": True, "nan": float("nan")}}
     assert flatten_numbers(nested) == {"test.exact_match": 0.5, "test.auroc.sequence_nll": 0.75, "test.n": 3.0}

@@ -19,9 +19,7 @@ from language_entropy.losses import (
     compute_losses,
     continuity_loss,
     continuity_pair_mask,
-    entropy_penalty,
     high_entropy_mask,
-    masked_cross_entropy,
     masked_mean,
 )
 from language_entropy.model import ArithmeticDecoder
@@ -75,13 +73,29 @@ def test_entropy_temperature():
 # --- single terms by hand ------------------------------------------------------------------------------
 
 
+def reference_cross_entropy(logits, targets, mask):
+    """Mean token cross-entropy over `mask`, by torch's own cross_entropy: the independent reference."""
+    return torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")[mask].mean()
+
+
+def reference_entropy(logits, mask, temperature=1.0):
+    """Mean entropy of softmax(logits / temperature) over `mask`, computed directly."""
+    p = torch.softmax(logits / temperature, dim=-1)
+    return (-(p * p.log()).sum(-1))[mask].mean()
+
+
+def only_cross_entropy(logits, targets, mask):
+    return compute_losses(logits, None, targets, mask, mask, LossConfig(), 0.0).ce
+
+
 def test_masked_cross_entropy_by_hand():
     logits = torch.tensor([[[0.0, 0.0], [0.0, math.log(3.0)], [5.0, -5.0]]])  # (1, 3, 2)
     targets = torch.tensor([[0, 1, 1]])
     mask = torch.tensor([[True, True, False]])
     # row 0: p = 1/2 -> ln 2; row 1: p(1) = 3/4 -> ln 4/3; row 2 masked out (it would cost ~10)
     want = (math.log(2) + math.log(4 / 3)) / 2
-    assert float(masked_cross_entropy(logits, targets, mask)) == pytest.approx(want, rel=1e-6)
+    assert float(only_cross_entropy(logits, targets, mask)) == pytest.approx(want, rel=1e-6)
+    assert float(reference_cross_entropy(logits, targets, mask)) == pytest.approx(want, rel=1e-6)
 
 
 def test_masking_excludes_prompt_and_padding():
@@ -91,12 +105,12 @@ def test_masking_excludes_prompt_and_padding():
         [False, False, False, False, True, True, False, False]]
     torch.manual_seed(0)
     logits = torch.randn(2, 8, VOCAB_SIZE)
-    ce = masked_cross_entropy(logits, batch["targets"], batch["answer_mask"])
+    ce = only_cross_entropy(logits, batch["targets"], batch["answer_mask"])
     per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["targets"], reduction="none")
     assert float(ce) == pytest.approx(float(per_token[batch["answer_mask"]].mean()), rel=1e-6)
     changed = logits.clone()
     changed[~batch["answer_mask"]] = 50 * torch.randn_like(changed[~batch["answer_mask"]])
-    assert float(masked_cross_entropy(changed, batch["targets"], batch["answer_mask"])) == pytest.approx(float(ce))
+    assert float(only_cross_entropy(changed, batch["targets"], batch["answer_mask"])) == pytest.approx(float(ce))
     config = LossConfig(entropy_weight=0.1, continuity_weight=0.1)
     hidden = [torch.randn(2, 8, 4)]
     a = compute_losses(logits, hidden, batch["targets"], batch["answer_mask"], batch["valid_mask"], config, 0.1)
@@ -128,11 +142,13 @@ def test_continuity_pair_masks():
     assert every[0].nonzero().flatten().tolist() == list(range(7))
 
 
-def test_entropy_penalty_by_hand():
+def test_entropy_term_by_hand():
     logits = torch.tensor([[[0.0, 0.0], [0.0, math.log(3.0)], [0.0, 9.0]]])
     mask = torch.tensor([[True, True, False]])
+    targets = torch.zeros(1, 3, dtype=torch.long)
     h = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
-    assert float(entropy_penalty(logits, mask)) == pytest.approx((math.log(2) + h) / 2, rel=1e-6)
+    terms = compute_losses(logits, None, targets, mask, mask, LossConfig(entropy_weight=0.1), 0.1)
+    assert float(terms.entropy) == pytest.approx((math.log(2) + h) / 2, rel=1e-6)
 
 
 def test_high_entropy_mask_by_hand():
@@ -170,10 +186,10 @@ def test_total_is_the_weighted_sum_of_the_terms():
     config = LossConfig(entropy_weight=0.3, continuity_weight=0.5, continuity_on=1, continuity_metric="cosine",
                         entropy_temperature=1.5)
     terms = compute_losses(logits, hidden, batch["targets"], batch["answer_mask"], batch["valid_mask"], config, 0.3)
-    ce = masked_cross_entropy(logits, batch["targets"], batch["answer_mask"])
+    ce = reference_cross_entropy(logits, batch["targets"], batch["answer_mask"])
     pairs = continuity_pair_mask(batch["answer_mask"], batch["valid_mask"], batch["targets"], "answer")
     continuity = continuity_loss(hidden[1], pairs, "cosine")
-    entropy = entropy_penalty(logits, batch["answer_mask"], temperature=1.5)
+    entropy = reference_entropy(logits, batch["answer_mask"], temperature=1.5)
     assert torch.allclose(terms.ce, ce) and torch.allclose(terms.continuity, continuity)
     assert torch.allclose(terms.entropy, entropy)
     assert torch.allclose(terms.total, ce + 0.5 * continuity + 0.3 * entropy)
@@ -205,7 +221,7 @@ def test_entropy_mask_selects_the_ce_tokens(mode):
     high = high_entropy_mask(entropy_from_logits(logits), batch["answer_mask"], 0.6)
     assert 0 < int(high.sum()) < int(batch["answer_mask"].sum())
     chosen = batch["answer_mask"] & ~high if mode == "drop_high" else high
-    assert torch.allclose(terms.ce, masked_cross_entropy(logits, batch["targets"], chosen))
+    assert torch.allclose(terms.ce, reference_cross_entropy(logits, batch["targets"], chosen))
     assert terms.logged()["ce_tokens"] == float(chosen.sum())
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from language_entropy.params import Params, ParamsError, load_params
+from language_entropy.errors import ParamsError
+from language_entropy.params import Params, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

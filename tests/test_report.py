@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from language_entropy.cli import UserError, run_stage
+from language_entropy.cli import run_stage
+from language_entropy.errors import UserError
 from language_entropy.report import load_runs, markdown_table, summarise, write_report
 
 EXPERIMENT = "ablation-test"

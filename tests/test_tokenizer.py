@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from language_entropy import tokenizer
+from language_entropy.problems import reorder_answer
 
 
 def test_round_trip_over_the_whole_vocabulary():
@@ -14,7 +15,7 @@ def test_round_trip_over_the_whole_vocabulary():
 
 
 def test_special_ids_are_distinct_and_digits_contiguous():
-    ids = {tokenizer.PAD_ID, tokenizer.BOS_ID, tokenizer.EOS_ID, tokenizer.EQUALS_ID, tokenizer.MINUS_ID}
+    ids = {tokenizer.PAD_ID, tokenizer.BOS_ID, tokenizer.EOS_ID, tokenizer.EQUALS_ID, tokenizer.STOI["-"]}
     assert len(ids) == 5
     assert [tokenizer.VOCAB[i] for i in tokenizer.DIGIT_IDS] == list("0123456789")
 
@@ -26,10 +27,11 @@ def test_unknown_character_names_it_and_its_position():
         tokenizer.decode([1, 99])
 
 
-def test_decode_answer_un_reverses_and_keeps_the_sign():
-    assert tokenizer.decode_answer(tokenizer.encode("-351$__"), reverse_answer=True) == "-153"
-    assert tokenizer.decode_answer(tokenizer.encode("153$"), reverse_answer=False) == "153"
-    assert tokenizer.decode_answer(tokenizer.encode("02"), reverse_answer=True) == "20"
+def test_emitted_answer_stops_at_eos_or_padding_and_reorders_to_the_written_answer():
+    assert tokenizer.emitted_answer(tokenizer.encode("-351$__")) == "-351"
+    assert reorder_answer(tokenizer.emitted_answer(tokenizer.encode("-351$__")), reverse=True) == "-153"
+    assert reorder_answer(tokenizer.emitted_answer(tokenizer.encode("153$")), reverse=False) == "153"
+    assert reorder_answer(tokenizer.emitted_answer(tokenizer.encode("02")), reverse=True) == "20"
 
 
 def test_place_value_positions_on_a_worked_example():

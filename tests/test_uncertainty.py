@@ -12,7 +12,6 @@ from language_entropy.uncertainty import (
     auroc,
     digit_accuracy,
     discrete_semantic_entropy,
-    exact_match,
     expected_calibration_error,
     perplexity,
     semantic_clusters,
@@ -238,10 +237,3 @@ def test_digit_accuracy_right_aligned():
     assert digit_accuracy(["", "99"], ["10", "99"]) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="equal lengths"):
         digit_accuracy(["1"], ["1", "2"])
-
-
-def test_exact_match():
-    assert exact_match(["12", "012", "7"], ["12", "12", "8"]) == pytest.approx(1 / 3)
-    assert exact_match(["-3"], ["-3"]) == 1.0
-    with pytest.raises(ValueError, match="at least one"):
-        exact_match([], [])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -9,12 +10,13 @@ import torch
 
 from language_entropy import plots, tokenizer, tracking
 from language_entropy.checkpoint import load_checkpoint, load_model
-from language_entropy.cli import UserError
 from language_entropy.data import prompt_of, read_split
 from language_entropy.devices import select_device
-from language_entropy.evaluation import generation_prompts, greedy_right, read_report, written_answer
+from language_entropy.errors import UserError
+from language_entropy.measure import generation_prompts, greedy_right
 from language_entropy.model import ArithmeticDecoder, generate_batched
 from language_entropy.params import Params
+from language_entropy.problems import reorder_answer
 from language_entropy.theory import load_theoretical_entropy, theoretical_levels
 
 
@@ -44,11 +46,22 @@ def collect_trajectories(model: ArithmeticDecoder, frame: pd.DataFrame, layers: 
     for row, (index, problem) in enumerate(picked.iterrows()):
         steps = int((out.tokens[row] != tokenizer.PAD_ID).sum())
         tokens = [tokenizer.VOCAB[int(t)] for t in out.tokens[row, :steps]]
-        answer = written_answer("".join(tokens).rstrip(tokenizer.EOS), reverse_answer)
+        answer = reorder_answer("".join(tokens).rstrip(tokenizer.EOS), reverse_answer)
         trajectories.append(plots.Trajectory(
             label=f"{prompt_of(problem['text'])}{answer}", correct=bool(right[index]), tokens=tokens,
             states={layer: out.hidden[layer][row, :steps].numpy() for layer in layers}))
     return trajectories
+
+
+def read_report(path: Path) -> dict:
+    """metrics/eval.json, or a one-line error saying which stage makes it."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} not found: run `dvc repro evaluate` first") from None
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}): run `dvc repro evaluate`") \
+            from None
 
 
 def run_visualization(params: Params) -> list[Path]:

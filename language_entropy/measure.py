@@ -1,0 +1,104 @@
+"""Measuring a model on problem texts: teacher-forced token statistics and generated answers.
+
+Shared by training (validation every `train.eval_every` steps), evaluation and visualization, so
+none of them imports another: this module knows the model, the data format and entropy, nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from language_entropy import tokenizer
+from language_entropy.data import encode_batch, prompt_of
+from language_entropy.entropy import NATS_TO_BITS, entropy_bits_from_probs, entropy_from_logits
+from language_entropy.model import ArithmeticDecoder, generate_batched
+
+
+@dataclass(frozen=True)
+class TeacherForcedStats:
+    tokens: pd.DataFrame  # one row per answer token: row, step, nll_nats, entropy_bits, confidence, correct
+
+    @property
+    def ce_nats(self) -> float:
+        return float(self.tokens["nll_nats"].mean())
+
+    @property
+    def entropy_bits_by_step(self) -> list[float]:
+        return self.tokens.groupby("step")["entropy_bits"].mean().tolist()
+
+
+@torch.no_grad()
+def teacher_forced_stats(model: ArithmeticDecoder, texts: list[str], device: torch.device,
+                         batch_size: int = 512) -> TeacherForcedStats:
+    """Per answer token (digits, sign and EOS): NLL, entropy, top-1 probability and whether top-1 is right."""
+    model.eval()
+    frames = []
+    for start in range(0, len(texts), batch_size):
+        batch = encode_batch(texts[start: start + batch_size], device)
+        tokens, mask = batch["tokens"], batch["answer_mask"]
+        logits = model(tokens[:, :-1]).float()  # (B, T-1, V)
+        targets = tokens[:, 1:]
+        log_probs = torch.log_softmax(logits, dim=-1)
+        nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        confidence, top1 = log_probs.exp().max(dim=-1)
+        step = torch.cumsum(mask.long(), dim=1) - 1  # index of each answer token within its answer
+        rows = torch.arange(start, start + len(tokens), device=device).unsqueeze(1).expand_as(mask)
+        entropy_bits = entropy_from_logits(logits) * NATS_TO_BITS
+        columns = {"row": rows, "step": step, "nll_nats": nll, "entropy_bits": entropy_bits,
+                   "confidence": confidence, "correct": top1 == targets}
+        frames.append(pd.DataFrame({name: values[mask].cpu().numpy() for name, values in columns.items()}))
+    return TeacherForcedStats(pd.concat(frames, ignore_index=True))
+
+
+def expected_answers(texts: list[str]) -> list[str]:
+    """The answer part of each text as the model emits it (after '=', without EOS)."""
+    return [text[len(prompt_of(text)):].removesuffix(tokenizer.EOS) for text in texts]
+
+
+def generation_prompts(texts: list[str]) -> tuple[list[list[int]], int]:
+    """Prompt ids (BOS + up to '=') and a generation budget: the longest expected answer, EOS, one spare."""
+    prompts = [[tokenizer.BOS_ID, *tokenizer.encode(prompt_of(text))] for text in texts]
+    return prompts, max(len(answer) for answer in expected_answers(texts)) + 2
+
+
+def greedy_right(model: ArithmeticDecoder, texts: list[str], batch_size: int = 512) -> np.ndarray:
+    """Whether the greedy answer to each problem is exactly right, (N,) bool."""
+    answers = sample_sequences(model, texts, batch_size)["answer"].to_numpy()
+    return np.equal(answers, np.asarray(expected_answers(texts)))
+
+
+def greedy_exact_match(model: ArithmeticDecoder, texts: list[str], batch_size: int = 512) -> float:
+    return float(greedy_right(model, texts, batch_size).mean())
+
+
+@torch.no_grad()
+def sample_sequences(model: ArithmeticDecoder, texts: list[str], batch_size: int, temperature: float = 0.0,
+                     top_k: int | None = None, top_p: float | None = None, repeats: int = 1,
+                     generator: torch.Generator | None = None) -> pd.DataFrame:
+    """Generate `repeats` answers per problem; one row per sequence with its score.
+
+    Columns: problem (index into `texts`), answer (as emitted), logprob (nats, of the emitted tokens
+    incl. EOS under softmax(logits / temperature), the model's own distribution when greedy, before
+    any top-k/top-p filtering), length (tokens incl. EOS), mean_entropy_bits (mean over the emitted
+    tokens of the entropy of that same distribution).
+    """
+    model.eval()
+    problems = np.repeat(np.arange(len(texts)), repeats)
+    prompts, budget = generation_prompts(texts)
+    out = generate_batched(model, [prompts[i] for i in problems], batch_size, max_new_tokens=budget,
+                           temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, return_probs=True)
+    emitted = out.tokens != tokenizer.PAD_ID  # (N, S): PAD after EOS
+    chosen = out.probs.gather(-1, out.tokens.unsqueeze(-1)).squeeze(-1).clamp_min(1e-30)
+    entropy = entropy_bits_from_probs(out.probs)  # (N, S)
+    length = emitted.sum(1)
+    return pd.DataFrame({
+        "problem": problems,
+        "answer": [tokenizer.emitted_answer(row) for row in out.tokens],
+        "logprob": (chosen.log() * emitted).sum(1).numpy(),
+        "length": length.numpy(),
+        "mean_entropy_bits": ((entropy * emitted).sum(1) / length.clamp_min(1)).numpy(),
+    })

@@ -1,0 +1,103 @@
+"""The package's shape: dvc.yaml deps equal each stage's imports, the resume fingerprint hashes only
+the train stage's code, components never reach into orchestration, and a stage imports its own checkout."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import ROOT, TINY_PARAMS, make_project, run
+
+from language_entropy.pipeline.deps import stage_files
+from language_entropy.pipeline.train import run_fingerprint
+
+COMPONENTS = ["model", "losses", "measure", "entropy", "evaluation", "uncertainty", "training", "plots", "data",
+              "problems", "tokenizer", "checkpoint", "theory/table"]
+
+
+def declared_code_deps(stage: dict) -> set[str]:
+    return {dep for dep in stage["deps"] if dep.endswith(".py")}
+
+
+def stage_script(stage: dict) -> str:
+    return next(word for word in stage["cmd"].split() if word.endswith(".py"))
+
+
+def test_every_stage_declares_exactly_the_code_it_imports():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        imported = {str(path) for path in stage_files(stage_script(stage))}
+        declared = declared_code_deps(stage)
+        assert imported == declared, (f"dvc.yaml stage {name}: missing {sorted(imported - declared)}, "
+                                      f"not imported {sorted(declared - imported)}")
+
+
+def test_the_deps_check_fails_when_a_stage_gains_an_import(tmp_path):
+    for name in ("stages", "language_entropy"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    before = {str(path) for path in stage_files("stages/train.py", tmp_path)}
+    training = tmp_path / "language_entropy" / "training.py"
+    training.write_text(training.read_text() + "\n\ndef _late():\n    from language_entropy import plots  # noqa\n")
+    after = {str(path) for path in stage_files("stages/train.py", tmp_path)}
+    assert after - before == {"language_entropy/plots.py"}  # a lazy import inside a function counts too
+
+
+def test_training_runs_no_evaluation_theory_uncertainty_or_plotting_code():
+    train = {str(path) for path in stage_files("stages/train.py")}
+    for module in ("evaluation.py", "uncertainty.py", "plots.py", "report.py", "theory/__init__.py"):
+        assert f"language_entropy/{module}" not in train
+
+
+def test_components_never_import_tracking_devices_or_the_pipeline():
+    for component in COMPONENTS:
+        files = {str(path) for path in stage_files(f"language_entropy/{component}.py")}
+        for orchestration in ("tracking.py", "devices.py", "cli.py", "pipeline/__init__.py"):
+            assert f"language_entropy/{orchestration}" not in files, f"{component} imports {orchestration}"
+
+
+def test_resume_fingerprint_hashes_only_the_train_stage_code(tmp_path):
+    for name in ("stages", "language_entropy"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    data = tmp_path / "train.parquet"
+    data.write_bytes(b"rows")
+
+    def fingerprint() -> str:
+        return run_fingerprint({"seed": 0}, [data], None, root=tmp_path)
+
+    original = fingerprint()
+    for untouched in ("plots.py", "evaluation.py", "uncertainty.py", "theory/table.py", "report.py"):
+        path = tmp_path / "language_entropy" / untouched
+        path.write_text(path.read_text() + "\n# an edit that cannot change the weights\n")
+    assert fingerprint() == original
+    losses = tmp_path / "language_entropy" / "losses.py"
+    losses.write_text(losses.read_text() + "\n# an edit to training code\n")
+    assert fingerprint() != original
+
+
+def test_a_stage_imports_the_package_of_its_own_checkout(tmp_path):
+    """Queued DVC experiments run in a copy of the repository: the copy's stages must run the copy's code,
+    even when another checkout's package is importable (PYTHONPATH, an installed package)."""
+    copy = tmp_path / "copy"
+    for name in ("stages", "language_entropy"):
+        shutil.copytree(ROOT / name, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
+    marker = copy / "language_entropy" / "params.py"
+    marker.write_text(marker.read_text() + "\nprint('imported from', __file__)\n")
+    done = subprocess.run([sys.executable, str(copy / "stages" / "generate_data.py"), "--help"], cwd=tmp_path,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"imported from {copy / 'language_entropy' / 'params.py'}" in done.stdout
+
+
+@pytest.mark.slow
+def test_editing_evaluation_code_leaves_train_up_to_date(tmp_path):
+    project = make_project(tmp_path / "project", TINY_PARAMS)
+    run(["dvc", "repro", "--quiet"], project)
+    for module in ("evaluation.py", "uncertainty.py"):
+        path = project / "language_entropy" / module
+        path.write_text(path.read_text() + "\n# an edit to the measurements\n")
+    status = run(["dvc", "status", "--json"], project).stdout
+    changed = set(yaml.safe_load(status))
+    assert "train" not in changed and "generate-data" not in changed
+    assert "evaluate" in changed
