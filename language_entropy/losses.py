@@ -240,6 +240,10 @@ def compute_losses(logits: torch.Tensor, hidden: list[torch.Tensor] | None, targ
                    entropy_coef: float | torch.Tensor) -> LossTerms:
     """total = ce + continuity_weight * continuity + entropy_coef * entropy, each term also returned.
 
+    ce is the cross-entropy, label-smoothed when loss.label_smoothing = eps > 0: per token
+    (1 - eps) * nll + eps * mean over the vocabulary of -log p (the smoothed value is what `ce`
+    and the logged ce_loss hold).
+
     logits (B, T, V) and hidden (the model's `return_hidden` list; None when continuity is off)
     come from one forward pass; targets, answer_mask, valid_mask (B, T). A fixed coefficient is
     loss.entropy_weight (> 0 penalises entropy, < 0 rewards it); the adaptive one comes from
@@ -281,6 +285,9 @@ def compute_losses(logits: torch.Tensor, hidden: list[torch.Tensor] | None, targ
     counts = global_counts(*masks)  # one all_reduce for every term
 
     token_ce = F.nll_loss(log_probs.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+    if config.label_smoothing > 0:  # eps = 0 keeps the plain path above, bit for bit
+        eps = config.label_smoothing  # as F.cross_entropy(label_smoothing=eps): target (1 - eps) one-hot + eps uniform
+        token_ce = (1.0 - eps) * token_ce - eps * log_probs.mean(dim=-1)
     ce = masked_mean(token_ce, ce_mask, counts[0])
     total = ce
     entropy = continuity = None

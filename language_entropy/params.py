@@ -118,6 +118,7 @@ class LossConfig:
     entropy_mask: str = "none"
     entropy_mask_quantile: float = 0.8
     entropy_chunk_size: int = 4096  # rows of logits per chunk when computing entropy
+    label_smoothing: float = 0.0  # eps: CE target (1 - eps) one-hot + eps uniform; 0 is plain cross-entropy
 
     def __post_init__(self):
         _require(self.entropy_temperature > 0, "entropy_temperature", "must be > 0", self.entropy_temperature)
@@ -141,6 +142,7 @@ class LossConfig:
         _require(0.0 < self.entropy_mask_quantile < 1.0, "entropy_mask_quantile", "must be in (0, 1)",
                  self.entropy_mask_quantile)
         _require(self.entropy_chunk_size >= 1, "entropy_chunk_size", "must be >= 1", self.entropy_chunk_size)
+        _require(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)", self.label_smoothing)
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")

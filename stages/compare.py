@@ -1,9 +1,12 @@
-"""Ablation report across the runs of one MLflow experiment (not a DVC stage: it spans experiments).
+"""Ablation report across the runs of one study (not a DVC stage: it spans experiments).
 
-Reads the finished runs of the experiment (default: params.yaml's mlflow.experiment) from the
-store that training logs to (MLFLOW_TRACKING_URI when set, else sqlite:///mlflow.db at the
-repository root) and writes ablation.csv, ablation.md and ablation.png: each metric's mean and
-standard deviation over seeds against loss.entropy_weight and loss.continuity_weight.
+Reads the finished runs of the MLflow experiment (default: params.yaml's mlflow.experiment) from
+the store that training logs to (MLFLOW_TRACKING_URI when set, else sqlite:///mlflow.db at the
+repository root). A study is the runs tagged `study` = --study (default: the experiment's name)
+when any run carries a `study` tag, else every finished run. Writes reports/<study>/summary.csv,
+summary.md and one figure per swept param: per training configuration (every data, model, loss
+and train param but the seed), each metric's mean, sd and 95% interval over seeds and its
+difference from the all-default-loss baseline. See language_entropy/report.py.
 """
 
 import sys
@@ -21,13 +24,16 @@ def main() -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--experiment", default=None,
                         help="MLflow experiment name (default: params.yaml's mlflow.experiment)")
-    parser.add_argument("--out-dir", default="reports", help="where the report goes (default: reports/)")
+    parser.add_argument("--study", default=None, help="study name: the runs' `study` tag and the report's folder "
+                                                      "(default: the experiment name)")
+    parser.add_argument("--out-dir", default="reports", help="the report goes to OUT_DIR/<study>/ (default: reports)")
     args = parser.parse_args()
     params = load_params(args.params)
     experiment = args.experiment or params.mlflow.experiment
-    runs = load_runs(experiment, tracking_uri(project_root()))
-    paths = write_report(runs, args.out_dir, dpi=params.viz.dpi, experiment=experiment)
-    print(f"{len(runs)} runs of {experiment!r} -> " + ", ".join(str(p) for p in paths.values()))
+    study = args.study or experiment
+    runs = load_runs(experiment, tracking_uri(project_root()), study=study)
+    paths = write_report(runs, Path(args.out_dir) / study, dpi=params.viz.dpi, title=study)
+    print(f"{len(runs)} runs of {experiment!r} (study {study!r}) -> " + ", ".join(str(p) for p in paths.values()))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 
 from language_entropy import losses
 from language_entropy.entropy import NATS_TO_BITS, entropy_from_logits, to_bits
@@ -198,6 +199,44 @@ def test_total_is_the_weighted_sum_of_the_terms():
     assert logged["entropy_bits"] == pytest.approx(float(entropy) / math.log(2))
     assert logged["entropy_coef"] == pytest.approx(0.3)
     assert logged["ce_tokens"] == float(batch["answer_mask"].sum())
+
+
+def test_label_smoothing_of_a_one_hot_prediction_is_the_closed_form():
+    """Every target logit L, every other logit 0: p(target) = e^L / Z and p(other) = 1 / Z with
+    Z = e^L + V - 1, so -log p(target) = log Z - L, and the mean over the vocabulary of -log p is
+    log Z - L / V. Smoothed token loss: (1 - eps) (log Z - L) + eps (log Z - L / V), on every answer token."""
+    batch = batch_of(["^12+34=64$", "^5+6=11$__", "^99+1=001$"])
+    big, eps, vocab = 6.0, 0.1, VOCAB_SIZE
+    logits = torch.zeros(*batch["targets"].shape, vocab)
+    logits.scatter_(-1, batch["targets"].unsqueeze(-1), big)
+    log_z = math.log(math.exp(big) + vocab - 1)
+    want = (1 - eps) * (log_z - big) + eps * (log_z - big / vocab)
+    terms = compute_losses(logits, None, batch["targets"], batch["answer_mask"], batch["valid_mask"],
+                           LossConfig(label_smoothing=eps), 0.0)
+    assert float(terms.ce) == pytest.approx(want, rel=1e-6)
+    assert float(terms.ce) > log_z - big  # smoothing costs something on a confident, right prediction
+    assert torch.equal(terms.total, terms.ce)
+    # the same convention as torch's own label smoothing, on random logits
+    logits, _, batch = toy_inputs()
+    terms = compute_losses(logits, None, batch["targets"], batch["answer_mask"], batch["valid_mask"],
+                           LossConfig(label_smoothing=0.3), 0.0)
+    torch_ce = F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten(), reduction="none",
+                               label_smoothing=0.3).view_as(batch["targets"])
+    assert torch.allclose(terms.ce, masked_mean(torch_ce, batch["answer_mask"]))
+
+
+def test_label_smoothing_zero_is_bit_identical_to_the_plain_cross_entropy():
+    logits, hidden, batch = toy_inputs(seed=3)
+    # the cross-entropy as compute_losses computed it before label smoothing existed
+    token_ce = F.nll_loss(F.log_softmax(logits.float(), dim=-1).flatten(0, 1), batch["targets"].flatten(),
+                          reduction="none").view_as(batch["targets"])
+    before = masked_mean(token_ce, batch["answer_mask"])
+    for config in (LossConfig(), LossConfig(label_smoothing=0.0)):
+        terms = compute_losses(logits, None, batch["targets"], batch["answer_mask"], batch["valid_mask"], config, 0.0)
+        assert torch.equal(terms.ce, before) and torch.equal(terms.total, before)
+    smoothed = compute_losses(logits, None, batch["targets"], batch["answer_mask"], batch["valid_mask"],
+                              LossConfig(label_smoothing=1e-3), 0.0)
+    assert not torch.equal(smoothed.ce, before)
 
 
 def test_weight_zero_costs_nothing(monkeypatch):

@@ -24,6 +24,7 @@ def test_repository_params_load_and_match_the_defaults():
     assert params.data.operations == ("add", "sub")
     assert params.data.digits.min == 1 and params.data.ood_digits.max == 5
     assert params.flat()["loss.entropy_weight"] == 0.0
+    assert params.flat()["loss.label_smoothing"] == 0.0
     assert set(params.flat()) == set(Params().flat())
 
 
@@ -51,6 +52,8 @@ def test_missing_keys_take_defaults(tmp_path):
     ({"loss": {"entropy_temperature": 0}}, "loss.entropy_temperature must be > 0 (got 0.0)"),
     ({"loss": {"continuity_metric": "l1"}}, "loss.continuity_metric must be 'l2' or 'cosine' (got 'l1')"),
     ({"loss": {"entropy_mask_quantile": 1.0}}, "loss.entropy_mask_quantile must be in (0, 1) (got 1.0)"),
+    ({"loss": {"label_smoothing": 1.0}}, "loss.label_smoothing must be in [0, 1) (got 1.0)"),
+    ({"loss": {"label_smoothing": -0.1}}, "loss.label_smoothing must be in [0, 1) (got -0.1)"),
     ({"loss": {"continuity_on": -1}}, "loss.continuity_on must be 'embedding', 'final' or a layer index >= 0"),
     ({"model": {"n_embd": 100, "n_head": 3}}, "model.n_embd must be divisible by n_head (3) (got 100)"),
     ({"model": {"pos_encoding": "alibi"}}, "model.pos_encoding must be one of ['abacus', 'rope', 'learned']"),

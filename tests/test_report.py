@@ -1,4 +1,5 @@
-"""The ablation report on a real temporary MLflow store: 2 entropy weights x 2 seeds with known metrics."""
+"""The ablation report on a real temporary MLflow store (runs logged through MLflow's API): seed
+units, derived runs, configurations, t intervals and baseline differences against hand values."""
 
 from __future__ import annotations
 
@@ -15,23 +16,46 @@ import pytest
 
 from language_entropy.cli import run_stage
 from language_entropy.errors import UserError
-from language_entropy.report import load_runs, markdown_table, summarise, write_report
+from language_entropy.report import (
+    T_975,
+    load_runs,
+    metric_names,
+    seed_interval,
+    summarise,
+    t_quantile_975,
+    welch_interval,
+    write_report,
+)
 
 EXPERIMENT = "ablation-test"
-# (entropy_weight, seed) -> metrics; the AUROC is logged by one run only (undefined elsewhere)
-RUNS = {
-    (0.0, 0): {"test.exact_match": 0.9, "test_ood.exact_match": 0.2, "test.mean_entropy_bits": 1.0},
-    (0.0, 1): {"test.exact_match": 0.8, "test_ood.exact_match": 0.4, "test.mean_entropy_bits": 2.0},
-    (0.1, 0): {"test.exact_match": 0.7, "test_ood.exact_match": 0.1, "test.mean_entropy_bits": 0.5,
-               "test.auroc.semantic_entropy": 0.75},
-    (0.1, 1): {"test.exact_match": 0.6, "test_ood.exact_match": 0.1, "test.mean_entropy_bits": 1.5},
+EM, OOD, AUROC = "test.exact_match", "test_ood.exact_match", "test_ood.auroc.semantic_entropy"
+ADD, SUB = "test_ood.per_operation.add.exact_match", "test_ood.per_operation.sub.exact_match"
+DEFAULT_LOSS = {"loss.entropy_weight": 0.0, "loss.continuity_weight": 0.0, "loss.continuity_metric": "l2",
+                "loss.entropy_temperature": 1.0}
+COMMON = {"model.pos_encoding": "abacus", "train.steps": 4000, "data.train_size": 100000}
+# name -> (params other than the defaults above, {seed: test exact match})
+CONFIGS = {
+    "A": ({}, {0: 0.9, 1: 0.8, 2: 0.7}),  # the baseline: mean 0.8, sd 0.1
+    "B": ({"loss.entropy_weight": 0.2}, {0: 0.6, 1: 0.4, 2: 0.8}),  # mean 0.6, sd 0.2
+    "E": ({"loss.entropy_weight": 0.2, "loss.entropy_temperature": 2.0}, {0: 0.5}),  # B but for one loss param
+    "C": ({"loss.continuity_weight": 0.1}, {0: 0.3, 1: 0.5}),
+    "D": ({"loss.continuity_weight": 0.1, "loss.continuity_metric": "cosine"}, {0: 0.2, 1: 0.4}),
+    "F": ({"model.pos_encoding": "rope"}, {0: 0.6, 1: 0.7}),  # baseline of G: same model, default loss
+    "G": ({"model.pos_encoding": "rope", "loss.entropy_weight": 0.2}, {0: 0.1}),
 }
-SQRT_HALF = math.sqrt(0.5)  # sample std of two values 1 apart; of two values d apart it is d * sqrt(0.5)
+
+
+def _log_run(experiment_id: str, params: dict, metrics: dict, tags: dict | None = None) -> str:
+    with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
+        mlflow.log_params(params)
+        mlflow.log_metrics(metrics)
+    return run.info.run_id
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """A sqlite store holding the 4 finished runs, one failed run, and an experiment without runs."""
+    """A sqlite store: experiment EXPERIMENT holds CONFIGS (one run per seed), two derived runs, a failed
+    run; experiment "tagged" holds two studies; experiment "empty" holds no run."""
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root}/mlflow.db"
     with pytest.MonkeyPatch.context() as patch:
@@ -39,81 +63,192 @@ def store(tmp_path_factory):
         mlflow.set_tracking_uri(uri)
         experiment_id = mlflow.create_experiment(EXPERIMENT, artifact_location=(root / "artifacts").as_uri())
         mlflow.create_experiment("empty", artifact_location=(root / "empty").as_uri())
-        for (weight, seed), metrics in RUNS.items():
-            with mlflow.start_run(experiment_id=experiment_id):
-                mlflow.log_params({"loss.entropy_weight": weight, "loss.continuity_weight": 0.0, "seed": seed})
-                mlflow.log_metrics(metrics)
+        ids = {}
+        for name, (params, seeds) in CONFIGS.items():
+            for seed, exact in seeds.items():
+                run_params = {**COMMON, **DEFAULT_LOSS, **params, "seed": seed, "eval.samples": "None"}
+                if name == "A" and seed == 2:
+                    run_params["loss.entropy_weight"] = 0  # logged as "0", not "0.0": the same value
+                    del run_params["data.train_size"]  # absent: its default, the same configuration
+                metrics = {EM: exact, OOD: exact / 2, ADD: exact / 2}
+                if name == "A":
+                    metrics[SUB] = 0.1
+                ids[name, seed] = _log_run(experiment_id, run_params, metrics)
+        # Derived runs (only eval params changed): same params and seed, tag train_run_id. They must not be
+        # seeds; their exact match (0.0) must not replace the training run's; their AUROC fills the gap.
+        for name, seed in (("A", 0), ("B", 1)):
+            params = {**COMMON, **DEFAULT_LOSS, **CONFIGS[name][0], "seed": seed, "eval.samples": 100}
+            _log_run(experiment_id, params, {EM: 0.0, AUROC: 0.75}, tags={"train_run_id": ids[name, seed]})
         mlflow.start_run(experiment_id=experiment_id)
-        mlflow.log_params({"loss.entropy_weight": 5.0, "loss.continuity_weight": 0.0, "seed": 9})
-        mlflow.log_metrics({"test.exact_match": 0.0})
+        mlflow.log_params({**COMMON, **DEFAULT_LOSS, "loss.entropy_weight": 5.0, "seed": 9})
+        mlflow.log_metrics({EM: 0.0})
         mlflow.end_run(status="FAILED")
+
+        tagged = mlflow.create_experiment("tagged", artifact_location=(root / "tagged").as_uri())
+        first = _log_run(tagged, {"seed": 0}, {EM: 0.5}, tags={"study": "s1"})
+        _log_run(tagged, {"seed": 1}, {EM: 0.7}, tags={"study": "s1"})
+        _log_run(tagged, {"seed": 0, "loss.entropy_weight": 0.2}, {EM: 0.1}, tags={"study": "s2"})
+        _log_run(tagged, {"seed": 0, "eval.samples": 10}, {AUROC: 0.6}, tags={"train_run_id": first})
         yield uri
         mlflow.set_tracking_uri(None)
 
 
+@pytest.fixture(scope="module")
+def summary(store):
+    table = summarise(load_runs(EXPERIMENT, store))
+    return table.set_index(table.apply(_name_of, axis=1))
+
+
+def _name_of(row: pd.Series) -> str:
+    """Which CONFIGS entry a summary row is."""
+    for name, (params, _) in CONFIGS.items():
+        values = {**DEFAULT_LOSS, **COMMON, **params}
+        if all(str(row[p]) == str(values[p]) or row[p] == values[p] for p in row.index if p in values):
+            return name
+    raise AssertionError(f"no configuration matches {row.to_dict()}")
+
+
+def test_t_quantiles_match_closed_forms():
+    p = 0.975
+    assert t_quantile_975(1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-14)  # Cauchy
+    assert t_quantile_975(2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-14)
+    assert t_quantile_975(2) == pytest.approx(4.302652729911275, rel=1e-9)  # as scipy prints it (1e-10 off)
+    alpha = 4 * p * (1 - p)  # df = 4: t = 2 sqrt(cos(arccos(sqrt(alpha)) / 3) / sqrt(alpha) - 1)
+    assert t_quantile_975(4) == pytest.approx(2 * math.sqrt(math.cos(math.acos(math.sqrt(alpha)) / 3)
+                                                             / math.sqrt(alpha) - 1), rel=1e-14)
+    assert t_quantile_975(10) == pytest.approx(2.228138851986274, rel=1e-14)
+    assert t_quantile_975(30) == T_975[29]
+    assert t_quantile_975(50) == pytest.approx(2.008559112100761, abs=1e-4)  # interpolated in 1/df
+    assert t_quantile_975(1000) == pytest.approx(1.962339080826409, abs=1e-4)
+    assert t_quantile_975(1e9) == pytest.approx(1.959963984540054, abs=1e-8)
+    grid = [t_quantile_975(df) for df in range(1, 500)]
+    assert all(a > b for a, b in zip(grid, grid[1:], strict=False))
+    assert math.isnan(t_quantile_975(0))
+
+
+def test_interval_of_three_known_values_by_hand():
+    got = seed_interval([0.9, 0.8, 0.7])
+    # mean 0.8, sd sqrt(((0.1)^2 + 0 + (0.1)^2) / 2) = 0.1, half-width t(0.975, 2) * 0.1 / sqrt(3)
+    half = 4.302652729749464 * 0.1 / math.sqrt(3)
+    assert got["n"] == 3 and got["mean"] == pytest.approx(0.8) and got["sd"] == pytest.approx(0.1)
+    assert (got["ci_low"], got["ci_high"]) == pytest.approx((0.8 - half, 0.8 + half))
+    single = seed_interval([0.5, math.nan])
+    assert single["n"] == 1 and single["mean"] == 0.5 and math.isnan(single["sd"]) and math.isnan(single["ci_low"])
+
+
+def test_welch_difference_by_hand():
+    a, b = seed_interval([0.6, 0.4, 0.8]), seed_interval([0.9, 0.8, 0.7])  # sd 0.2 and 0.1
+    va, vb = 0.04 / 3, 0.01 / 3
+    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 2)  # 2.94: rounded down to 2
+    assert math.floor(df) == 2
+    half = 4.302652729749464 * math.sqrt(va + vb)
+    got = welch_interval(a, b)
+    assert (got["diff"], got["diff_low"], got["diff_high"]) == pytest.approx((-0.2, -0.2 - half, -0.2 + half))
+    same = welch_interval(seed_interval([0.5, 0.5]), seed_interval([0.25, 0.25]))  # no spread: the point itself
+    assert (same["diff"], same["diff_low"], same["diff_high"]) == pytest.approx((0.25, 0.25, 0.25))
+    one = welch_interval(seed_interval([0.5]), b)
+    assert one["diff"] == pytest.approx(-0.3) and math.isnan(one["diff_low"])
+
+
 def test_load_runs_keeps_finished_runs(store):
     runs = load_runs(EXPERIMENT, store)
-    assert len(runs) == 4
-    assert set(runs["params.loss.entropy_weight"]) == {"0.0", "0.1"}
+    assert len(runs) == sum(len(seeds) for _, seeds in CONFIGS.values()) + 2  # + 2 derived, no failed run
+    assert "5.0" not in set(runs["params.loss.entropy_weight"])
 
 
-def test_summary_means_and_sample_std(store):
-    summary = summarise(load_runs(EXPERIMENT, store), "loss.entropy_weight")
-    assert summary["loss.entropy_weight"].tolist() == [0.0, 0.1]
-    assert summary["runs"].tolist() == [2, 2]
-    assert summary["seeds"].tolist() == ["0,1", "0,1"]
-    expected = {
-        "test.exact_match.mean": [0.85, 0.65], "test.exact_match.std": [0.1 * SQRT_HALF, 0.1 * SQRT_HALF],
-        "test_ood.exact_match.mean": [0.3, 0.1], "test_ood.exact_match.std": [0.2 * SQRT_HALF, 0.0],
-        "test.mean_entropy_bits.mean": [1.5, 1.0], "test.mean_entropy_bits.std": [SQRT_HALF, SQRT_HALF],
-        "test.exact_match.count": [2, 2],
-        "test.auroc.semantic_entropy.mean": [np.nan, 0.75], "test.auroc.semantic_entropy.std": [np.nan, np.nan],
-        "test.auroc.semantic_entropy.count": [0, 1],
-    }
-    for column, values in expected.items():
-        np.testing.assert_allclose(summary[column].to_numpy(dtype=float), values, atol=1e-12, err_msg=column)
+def test_study_tag_selects_runs_and_their_derived_runs(store):
+    s1 = load_runs("tagged", store, study="s1")
+    assert len(s1) == 3  # two tagged runs and the untagged run derived from one of them
+    assert "`study` = `s1`" in s1.attrs["selection"]
+    table = summarise(s1)
+    assert table["seeds"].tolist() == [2] and table["runs"].tolist() == [3]
+    assert table[f"{AUROC}.n"].tolist() == [1]  # the derived run's metric, on its training run's seed
+    assert len(load_runs("tagged", store, study="s2")) == 1
+    with pytest.raises(UserError, match="no finished run is tagged study = 'nope' .*s1, s2"):
+        load_runs("tagged", store, study="nope")
+    untagged = load_runs(EXPERIMENT, store, study="whatever")  # no study tags there: every finished run
+    assert len(untagged) == len(load_runs(EXPERIMENT, store))
+    assert "no run is tagged" in untagged.attrs["selection"]
+
+
+def test_derived_runs_are_not_seeds(summary):
+    assert summary.loc["A", "seeds"] == 3 and summary.loc["A", "runs"] == 4  # 3 training runs + 1 derived
+    assert summary.loc["A", "seed_list"] == "0,1,2"
+    assert summary.loc["B", "seeds"] == 3 and summary.loc["B", "runs"] == 4
+    assert summary.loc["A", f"{EM}.n"] == 3 and summary.loc["A", f"{EM}.mean"] == pytest.approx(0.8)  # not 0.0
+    assert summary.loc["A", f"{AUROC}.n"] == 1 and summary.loc["A", f"{AUROC}.mean"] == 0.75  # filled from it
+    assert summary.loc["C", f"{AUROC}.n"] == 0 and math.isnan(summary.loc["C", f"{AUROC}.mean"])
+
+
+def test_configurations_differing_in_one_loss_param_are_separate_rows(summary):
+    assert sorted(summary.index) == sorted(CONFIGS)  # one row each; "0" and "0.0", absent and default agree
+    assert summary.loc["B", "loss.entropy_temperature"] == 1.0 and summary.loc["E", "loss.entropy_temperature"] == 2.0
+    assert summary.loc["B", "seeds"] == 3 and summary.loc["E", "seeds"] == 1  # not pooled into 4
+    assert summary.loc["C", "loss.continuity_metric"] == "l2" and summary.loc["D", "loss.continuity_metric"] == "cosine"
+    assert set(summary.attrs["swept"]) == {"loss.entropy_weight", "loss.entropy_temperature",
+                                           "loss.continuity_weight", "loss.continuity_metric", "model.pos_encoding"}
+    assert summary.attrs["constant"]["train.steps"] == 4000.0 and "seed" not in summary.columns
+    assert summary["config"].is_unique
+
+
+def test_means_intervals_and_baseline_differences(summary):
+    half_a = 4.302652729749464 * 0.1 / math.sqrt(3)
+    a = summary.loc["A"]
+    assert (a[f"{EM}.mean"], a[f"{EM}.sd"]) == pytest.approx((0.8, 0.1))
+    assert (a[f"{EM}.ci_low"], a[f"{EM}.ci_high"]) == pytest.approx((0.8 - half_a, 0.8 + half_a))
+    assert a["baseline"] and math.isnan(a[f"{EM}.diff"])
+    half_b = 4.302652729749464 * math.sqrt(0.04 / 3 + 0.01 / 3)  # Welch df 2.94 -> 2
+    b = summary.loc["B"]
+    assert not b["baseline"] and b["baseline_config"] == a["config"]
+    assert (b[f"{EM}.diff"], b[f"{EM}.diff_low"], b[f"{EM}.diff_high"]) == pytest.approx(
+        (-0.2, -0.2 - half_b, -0.2 + half_b))
+    assert summary.loc["D", "baseline_config"] == a["config"]  # continuity_metric is a loss param too
+    assert summary.loc["G", "baseline_config"] == summary.loc["F", "config"]  # the same model, default loss
+    assert summary.loc["F", "baseline"] and summary.loc["G", f"{EM}.diff"] == pytest.approx(0.1 - 0.65)
+    e = summary.loc["E"]  # one seed: no interval, and no interval for its difference
+    assert e[f"{EM}.n"] == 1 and math.isnan(e[f"{EM}.sd"]) and math.isnan(e[f"{EM}.ci_low"])
+    assert e[f"{EM}.diff"] == pytest.approx(-0.3) and math.isnan(e[f"{EM}.diff_low"])
+    assert summary.loc["A", f"{SUB}.mean"] == pytest.approx(0.1) and summary.loc["B", f"{SUB}.n"] == 0
+
+
+def test_metric_names_expand_operations(store):
+    names = metric_names(load_runs(EXPERIMENT, store))
+    assert names[:4] == [EM, OOD, ADD, SUB]
+    assert "test.hidden_norm" in names and not any("{op}" in n for n in names)
 
 
 def test_report_files(store, tmp_path):
-    paths = write_report(load_runs(EXPERIMENT, store), tmp_path / "reports", dpi=30, experiment=EXPERIMENT)
+    paths = write_report(load_runs(EXPERIMENT, store), tmp_path / "reports", dpi=30, title="unit")
+    swept = ["loss.continuity_metric", "loss.continuity_weight", "loss.entropy_temperature", "loss.entropy_weight",
+             "model.pos_encoding"]
+    assert sorted(paths) == sorted(["csv", "markdown", *swept])
+    assert {p.name for p in (tmp_path / "reports").iterdir()} == {"summary.csv", "summary.md",
+                                                                   *(f"{p}.png" for p in swept)}
     table = pd.read_csv(paths["csv"])
-    assert table[["loss.entropy_weight", "loss.continuity_weight", "runs"]].values.tolist() == [[0.0, 0.0, 2],
-                                                                                               [0.1, 0.0, 2]]
-    np.testing.assert_allclose(table["test.exact_match.mean"], [0.85, 0.65])
+    assert len(table) == len(CONFIGS) and table["seeds"].sum() == 14 and table["runs"].sum() == 16
     markdown = paths["markdown"].read_text()
-    assert "| loss.entropy_weight | loss.continuity_weight | runs |" in markdown
-    assert "| 0.1 | 0 | 2 | 0.65 ± 0.071 (n=2) |" in markdown
-    assert "0.75 (n=1)" in markdown and "–" in markdown  # one AUROC; none for weight 0
-    image = matplotlib.image.imread(paths["figure"])
-    assert image.shape[:2] == (round(2 * 3.6 * 30), 4 * 4 * 30)
+    assert markdown.startswith("# Ablation report: unit")
+    assert "7 configurations, 14 seed runs from 16 MLflow runs" in markdown
+    assert "1 seed: no interval" in markdown
+    assert "(no interval: a side has 1 seed)" in markdown
+    assert f"## {EM}" in markdown and "## test.hidden_norm" not in markdown
+    assert "`test.hidden_norm`" in markdown.split("Not logged by any run:")[1]
+    half_a = 4.302652729749464 * 0.1 / math.sqrt(3)
+    assert f"| 0.8 | 0.1 | [{0.8 - half_a:.4g}, {0.8 + half_a:.4g}] | baseline |" in markdown
+    for param in swept:  # 5 logged metrics: 4 columns x 2 rows of 4.0 x 3.4 inches
+        image = matplotlib.image.imread(paths[param])
+        assert image.shape[:2] == (round(2 * 3.4 * 30), 4 * 4 * 30), param
 
 
-def test_summary_by_two_params_and_baseline_rows(tmp_path):
-    """A one-at-a-time sweep: the figure's entropy row holds continuity at its default (0) and vice versa."""
-    runs = pd.DataFrame({
-        "params.loss.entropy_weight": ["0.0", "0.2", "0.0", "0.0"],
-        "params.loss.continuity_weight": ["0.0", "0.0", "0.5", "1"],
-        "params.seed": ["0", "0", "0", "0"],
-        "metrics.test.exact_match": [1.0, 0.5, 0.25, 0.125],
-    })
-    summary = summarise(runs, ["loss.entropy_weight", "loss.continuity_weight"], ["test.exact_match"])
-    assert summary[["loss.entropy_weight", "loss.continuity_weight"]].values.tolist() == [
-        [0.0, 0.0], [0.0, 0.5], [0.0, 1.0], [0.2, 0.0]]
-    assert summary["test.exact_match.std"].isna().all()  # one seed each
-    assert markdown_table(summary, ["loss.entropy_weight", "loss.continuity_weight"], ["test.exact_match"]
-                          ).splitlines()[2] == "| 0 | 0 | 1 | 1 (n=1) |"
-    paths = write_report(runs, tmp_path, dpi=30, metrics=["test.exact_match"])
-    assert paths["figure"].stat().st_size > 0
-
-
-def test_non_numeric_param_is_a_user_error():
-    runs = pd.DataFrame({"params.loss.entropy_weight": ["a"], "metrics.test.exact_match": [1.0]})
-    with pytest.raises(UserError, match="not numeric"):
-        summarise(runs, "loss.entropy_weight")
+def test_single_configuration_has_no_swept_params_or_figures(store, tmp_path):
+    runs = load_runs("tagged", store, study="s1")
+    paths = write_report(runs, tmp_path, dpi=30)
+    assert sorted(paths) == ["csv", "markdown"]
+    assert "| config | seeds | runs | baseline |" in paths["markdown"].read_text()
 
 
 def test_missing_experiment_and_no_finished_runs(store, tmp_path):
-    with pytest.raises(UserError, match="'nope' not found .*ablation-test, empty"):
+    with pytest.raises(UserError, match="'nope' not found .*ablation-test, empty, tagged"):
         load_runs("nope", store)
     with pytest.raises(UserError, match="'empty' .* has no finished runs"):
         load_runs("empty", store)
@@ -138,8 +273,14 @@ def test_compare_stage(store, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     monkeypatch.setattr(sys, "argv", ["compare.py", "--out-dir", "out"])
     compare.main()
-    assert {p.name for p in (tmp_path / "out").iterdir()} == {"ablation.csv", "ablation.md", "ablation.png"}
-    assert "4 runs of 'ablation-test'" in capsys.readouterr().out
+    written = {p.name for p in (tmp_path / "out" / EXPERIMENT).iterdir()}  # study defaults to the experiment
+    assert {"summary.csv", "summary.md", "loss.entropy_weight.png"} <= written
+    assert f"16 runs of {EXPERIMENT!r} (study {EXPERIMENT!r})" in capsys.readouterr().out
+
+    monkeypatch.setattr(sys, "argv", ["compare.py", "--experiment", "tagged", "--study", "s2"])
+    compare.main()
+    assert (tmp_path / "reports" / "s2" / "summary.md").is_file()
+    assert np.array_equal(pd.read_csv(tmp_path / "reports" / "s2" / "summary.csv")["seeds"], [1])
 
     monkeypatch.setattr(sys, "argv", ["compare.py", "--experiment", "nope"])
     with pytest.raises(SystemExit) as exit_info:
