@@ -162,6 +162,7 @@ class TrainConfig:
     device: str = "auto"
     compile: bool = False
     nproc_per_node: int = 1  # > 1: the stage relaunches itself through torchrun (DDP)
+    threads: int | str = "auto"  # intra-op CPU threads of every stage: "auto" = every core this process may use
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "nproc_per_node"):
@@ -172,6 +173,8 @@ class TrainConfig:
         _require(self.weight_decay >= 0, "weight_decay", "must be >= 0", self.weight_decay)
         _require(self.grad_clip > 0, "grad_clip", "must be > 0", self.grad_clip)
         _require(self.device in DEVICES, "device", f"must be one of {list(DEVICES)}", self.device)
+        _require(self.threads == "auto" or (isinstance(self.threads, int) and self.threads >= 1), "threads",
+                 "must be 'auto' or an integer >= 1", self.threads)
 
 
 @dataclass(frozen=True)
@@ -340,7 +343,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ParamsError(f"{path}: file not found") from None
+        raise ParamsError(f"{path}: file not found in {Path.cwd()} (run the stages from the repository root, "
+                          "where params.yaml and dvc.yaml are, or pass --params)") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -12,7 +12,7 @@ difference from the all-default-loss baseline. See language_entropy/report.py.
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, also in a queued copy
 
 from language_entropy.cli import run_stage, stage_parser
 from language_entropy.params import load_params

@@ -1,6 +1,6 @@
 """compute-theoretical-entropy stage: the entropy the data itself leaves at each answer step.
 
-Reads the data (operations, digit ranges, answer order), entropy and paths.metrics sections; writes
+Reads the data (operations, digit ranges, answer order), entropy, train.threads and paths.metrics; writes
 <paths.metrics>/theoretical_entropy.csv (marginal and conditional bits per step, for every bucket and
 both mixtures) and <paths.metrics>/theoretical_entropy.json (total answer bits per scope and operation).
 """
@@ -10,16 +10,15 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, also in a queued copy
 
-from language_entropy.cli import run_stage, stage_parser
-from language_entropy.params import load_params
-from language_entropy.theory import CSV_NAME, JSON_NAME, summary_metrics, theoretical_entropy_table
+from language_entropy.cli import run_stage, stage_params, stage_parser
 
 
 def main() -> None:
-    args = stage_parser(__doc__).parse_args()
-    params = load_params(args.params)
+    params = stage_params(stage_parser(__doc__).parse_args())
+    from language_entropy.theory import CSV_NAME, JSON_NAME, summary_metrics, theoretical_entropy_table
+
     table = theoretical_entropy_table(params.data, params.entropy,
                                       progress=lambda line: print(f"theoretical entropy: {line}", file=sys.stderr))
     summary = summary_metrics(table)

@@ -1,16 +1,14 @@
 """evaluate stage: accuracy, entropy against theory, calibration, temperature and semantic entropy.
 
-Reads the data, eval, train (device), seed, mlflow and paths sections.
+Reads the data, eval, train (device, threads), seed, mlflow and paths sections.
 """
 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, also in a queued copy
 
-from language_entropy.cli import run_stage, stage_parser
-from language_entropy.params import load_params
-from language_entropy.pipeline.evaluate import run_evaluation
+from language_entropy.cli import run_stage, stage_params, stage_parser
 
 
 def main() -> None:
@@ -21,7 +19,9 @@ def main() -> None:
     loudness.add_argument("--verbose", action="store_true", help="print the first generations step by step")
     loudness.add_argument("--quiet", action="store_true", help="print nothing but errors")
     args = parser.parse_args()
-    params = load_params(args.params)
+    params = stage_params(args)
+    from language_entropy.pipeline.evaluate import run_evaluation  # after the thread count is fixed
+
     run_evaluation(params, args.base or Path(params.paths.model), args.samples,
                    verbosity=1 if args.verbose else -1 if args.quiet else 0)
 

@@ -1,19 +1,18 @@
-"""generate-data stage: draw the train, val, test and OOD arithmetic problems (data section)."""
+"""generate-data stage: draw the train, val, test and OOD arithmetic problems (seed, data, train.threads)."""
 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, also in a queued copy
 
-from language_entropy.cli import run_stage, stage_parser
-from language_entropy.data import DataSpaceError, generate_splits, write_splits
+from language_entropy.cli import run_stage, stage_params, stage_parser
 from language_entropy.errors import UserError
-from language_entropy.params import load_params
 
 
 def main() -> None:
-    args = stage_parser(__doc__).parse_args()
-    params = load_params(args.params)
+    params = stage_params(stage_parser(__doc__).parse_args())
+    from language_entropy.data import DataSpaceError, generate_splits, write_splits  # after the thread count
+
     try:
         splits = generate_splits(params.data, params.seed)
     except DataSpaceError as error:

@@ -7,18 +7,18 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, also in a queued copy
 
-from language_entropy.cli import run_stage, stage_parser
-from language_entropy.params import load_params
-from language_entropy.pipeline.train import preflight, run_training
+from language_entropy.cli import run_stage, stage_params, stage_parser
 
 
 def main() -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--base", type=Path, help="checkpoint to continue training from")
     args = parser.parse_args()
-    params = load_params(args.params)
+    params = stage_params(args)
+    from language_entropy.pipeline.train import preflight, run_training  # after the thread count is fixed
+
     if params.train.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
         preflight(params, args.base)  # user mistakes as one line here, not as torchrun's worker traceback
         # exec, not a child: torchrun takes over this process, so signals sent to the stage reach it

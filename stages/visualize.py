@@ -1,21 +1,21 @@
 """visualize stage: trajectories, digit geometry, entropy dynamics, training and calibration figures.
 
-Reads the viz, data, train (device), mlflow and paths sections.
+Reads the viz, data, train (device, threads), mlflow and paths sections.
 """
 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, also in a queued copy
 
-from language_entropy.cli import run_stage, stage_parser
-from language_entropy.params import load_params
-from language_entropy.pipeline.visualize import run_visualization
+from language_entropy.cli import run_stage, stage_params, stage_parser
 
 
 def main() -> None:
     args = stage_parser(__doc__).parse_args()
-    params = load_params(args.params)
+    params = stage_params(args)
+    from language_entropy.pipeline.visualize import run_visualization  # after the thread count is fixed
+
     for figure in run_visualization(params):
         print(f"wrote {figure}")
 

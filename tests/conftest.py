@@ -17,7 +17,7 @@ TINY_OVERRIDES = {
     "data": {"operations": ["add", "sub"], "digits": {"min": 1, "max": 2}, "ood_digits": {"min": 3, "max": 3},
              "train_size": 400, "val_size": 40, "test_size": 40, "ood_size": 40},
     "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "max_seq_len": 32},
-    "train": {"steps": 20, "batch_size": 32, "eval_every": 10, "checkpoint_every": 10, "warmup_steps": 2},
+    "train": {"steps": 20, "batch_size": 32, "eval_every": 10, "checkpoint_every": 10, "warmup_steps": 2, "threads": 1},
     "eval": {"semantic_problems": 8, "semantic_samples": 4, "temperatures": [0.0, 1.0], "batch_size": 64},
     "viz": {"trajectories": 4, "layers": [0, 1], "dpi": 40},
     "mlflow": {"experiment": "tiny"},

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import torch
 import torch.distributed as dist
 
 from language_entropy import tokenizer, tracking
@@ -28,6 +29,7 @@ from language_entropy.pipeline.deps import ROOT, stage_files
 from language_entropy.training import Distributed, Trainer, TrainingDiverged, TrainingInterrupted
 
 TRAIN_SCRIPT = "stages/train.py"
+RESOLVED_THREADS_PARAM = "train.threads_resolved"  # the thread count `train.threads` resolved to, in MLflow
 
 
 def init_distributed(device_name: str) -> Distributed:
@@ -62,14 +64,18 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
-def load_resume_state(path: Path, fingerprint: str) -> tuple[dict | None, str]:
-    """The resume checkpoint if it belongs to this exact run (params, data, code), with the reason either way."""
+def load_resume_state(path: Path, fingerprint: str, threads: int) -> tuple[dict | None, str]:
+    """The resume checkpoint if it belongs to this exact run (params, data, code, thread count), with the
+    reason either way."""
     if not path.exists():
         return None, "no resume checkpoint; starting fresh"
     try:
         state = load_checkpoint(path)
     except UserError as error:
         return None, f"resume checkpoint unusable ({error}); starting fresh"
+    if state.get("threads") != threads:  # a different reduction order: the rest would not be bit-identical
+        return None, (f"{path} was written with {state.get('threads')} threads and this run has {threads} "
+                      "(train.threads); starting fresh")
     if state.get("fingerprint") != fingerprint:
         return None, f"{path} was written with other params, data or code; starting fresh"
     return state, f"resuming from {path} at step {state['step']}"
@@ -82,8 +88,8 @@ def model_config_differences(saved: dict, config: ModelConfig) -> list[str]:
             for key, value in current.items() if saved.get(key) != value]
 
 
-def save_resume_state(path: Path, state: dict, fingerprint: str, run_id: str | None) -> None:
-    save_checkpoint(path, {**state, "fingerprint": fingerprint, "mlflow_run_id": run_id})
+def save_resume_state(path: Path, state: dict, fingerprint: str, run_id: str | None, threads: int) -> None:
+    save_checkpoint(path, {**state, "fingerprint": fingerprint, "mlflow_run_id": run_id, "threads": threads})
 
 
 def run_fingerprint(trajectory_params: dict, data_files: list[Path], base: Path | None, root: Path = ROOT) -> str:
@@ -119,10 +125,11 @@ def run_training(params: Params, base: Path | None = None) -> Path:
     base_payload, splits, experiment_id = preflight(params, base)
 
     resume_path = Path(params.paths.resume) / "last.pt"
+    threads = torch.get_num_threads()  # fixed by the stage from train.threads before any work
     trajectory = {key: value for key, value in params.flat().items()
-                  if key.split(".")[0] in ("seed", "model", "loss", "train")}
+                  if key.split(".")[0] in ("seed", "model", "loss", "train")} | {RESOLVED_THREADS_PARAM: threads}
     fingerprint = run_fingerprint(trajectory, [split_path(params.paths.data, name) for name in ("train", "val")], base)
-    state, why = load_resume_state(resume_path, fingerprint)
+    state, why = load_resume_state(resume_path, fingerprint, threads)
 
     trainer = Trainer(params.model, params.loss, params.train, params.seed, splits["train"]["text"].tolist(),
                       splits["val"]["text"].tolist(), device, dist_info)
@@ -140,7 +147,7 @@ def run_training(params: Params, base: Path | None = None) -> Path:
                   f"{row['tokens_per_s']:.0f} tok/s", file=sys.stderr, flush=True)
 
     def on_checkpoint(state: dict) -> None:
-        save_resume_state(resume_path, state, fingerprint, run_id)
+        save_resume_state(resume_path, state, fingerprint, run_id, threads)
 
     if dist_info.is_main:
         print(why, file=sys.stderr)
@@ -151,7 +158,7 @@ def run_training(params: Params, base: Path | None = None) -> Path:
         run_id = tracking.start_run(experiment_id, run_id=run_id, tags=tracking.run_tags(params.flat()))
     try:
         if dist_info.is_main:
-            tracking.log_params(params.flat())
+            tracking.log_params({**params.flat(), RESOLVED_THREADS_PARAM: threads})
             if not resumed:
                 for name, frame in splits.items():
                     tracking.log_dataset(frame, split_path(params.paths.data, name), name)
@@ -180,7 +187,7 @@ def run_training(params: Params, base: Path | None = None) -> Path:
         result.curve.to_csv(curve_path, index=False)
         save_checkpoint(model_path, {**model_payload(result.model), "optimizer": trainer.optimizer.state_dict(),
                                      "vocab": tokenizer.VOCAB, "params": params.flat(), "mlflow_run_id": run_id,
-                                     "steps": trainer.step})
+                                     "steps": trainer.step, "threads": threads})
         tracking.log_artifact(str(curve_path))
         tracking.log_artifact(str(model_path), artifact_path="checkpoint")
         tracking.end_run()
