@@ -1,15 +1,19 @@
 """The benchmark suite: every speed figure of the project, measured the same way each time.
 
-    python benchmarks/run.py [--repeats 3] [--skip-time-to-99] [--smoke] [--out metrics/benchmark.json]
+    python benchmarks/run.py [--repeats 3] [--skip-time-to-99] [--skip-sweep] [--mingpt DIR] [--smoke]
+                             [--out metrics/benchmark.json]
 
 Prints one JSON object and writes it to `--out`. Each figure is the median of `--repeats` runs after
 a warm-up, beside the machine's core count, torch version and device. `--smoke` shrinks every
 workload to seconds (for CI: it checks that the suite runs and has its keys, not the speed).
+`--mingpt DIR` (a checkout of karpathy/minGPT outside this repository) also times minGPT's adder to
+99% in the same run, right after this project's time to 99% (benchmarks/bench_mingpt.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -22,7 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import bench_mingpt
 import bench_model
+import bench_sweep
 import bench_theory
 
 from language_entropy.checkpoint import load_model
@@ -30,15 +36,7 @@ from language_entropy.data import generate_splits
 from language_entropy.evaluation import evaluate_split
 from language_entropy.measure import greedy_exact_match
 from language_entropy.model import ArithmeticDecoder
-from language_entropy.params import (
-    DataConfig,
-    DigitRange,
-    EntropyConfig,
-    EvalConfig,
-    LossConfig,
-    ModelConfig,
-    TrainConfig,
-)
+from language_entropy.params import DataConfig, DigitRange, EntropyConfig, EvalConfig, ModelConfig, load_params
 from language_entropy.theory import theoretical_entropy_table
 from language_entropy.training import Trainer
 
@@ -84,17 +82,19 @@ def eval_default_s(repeats: int, smoke: bool) -> tuple[float, str]:
     return median_seconds(evaluate, repeats), which
 
 
-def time_to_99_add3_s(max_steps: int, eval_every: int) -> dict[str, float]:
-    """Wall time (training and validation) until 3-digit addition reaches 99% validation exact match."""
+def time_to_99_add3_s(max_steps: int | None, eval_every: int) -> dict[str, float]:
+    """Wall time (training and validation) until 3-digit addition reaches 99% validation exact match, with
+    the shipped params.yaml (model, loss, train) and only the data restricted to 3-digit addition."""
+    params = load_params(ROOT / "params.yaml")
     data = DataConfig(operations=("add",), digits=DigitRange(3, 3), ood_digits=DigitRange(4, 4),
                       train_size=100_000, val_size=500, test_size=500, ood_size=100)
-    splits = generate_splits(data, seed=0)
-    config = TrainConfig(steps=max_steps, eval_every=eval_every)
-    trainer = Trainer(ModelConfig(), LossConfig(), config, seed=0, train_texts=splits["train"]["text"].tolist(),
+    splits = generate_splits(data, seed=params.seed)
+    config = params.train if max_steps is None else dataclasses.replace(params.train, steps=max_steps)
+    trainer = Trainer(params.model, params.loss, config, seed=params.seed, train_texts=splits["train"]["text"].tolist(),
                       val_texts=splits["val"]["text"].tolist(), device=torch.device("cpu"))
     start = time.perf_counter()
     exact = 0.0
-    while trainer.step < max_steps:
+    while trainer.step < config.steps:
         trainer.train_step()
         if trainer.step % eval_every == 0:
             exact = greedy_exact_match(trainer.model, splits["val"]["text"].tolist())
@@ -108,6 +108,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-time-to-99", action="store_true", help="skip the few-minute training benchmark")
+    parser.add_argument("--skip-sweep", action="store_true", help="skip the few-minute queued-sweep benchmark")
+    parser.add_argument("--mingpt", type=Path, help="a karpathy/minGPT checkout: time its adder beside ours")
     parser.add_argument("--smoke", action="store_true", help="tiny workloads: check the suite runs, not its speed")
     parser.add_argument("--out", type=Path, default=ROOT / "metrics" / "benchmark.json")
     args = parser.parse_args()
@@ -130,7 +132,13 @@ def main() -> None:
     if args.smoke:
         figures.update(time_to_99_add3_s(max_steps=4, eval_every=2))
     elif not args.skip_time_to_99:
-        figures.update(time_to_99_add3_s(max_steps=4000, eval_every=100))
+        figures.update(time_to_99_add3_s(max_steps=None, eval_every=50))
+        if args.mingpt:
+            figures.update(bench_mingpt.time_to_99(args.mingpt, eval_every=50))
+            ours, theirs = figures["time_to_99_add3_s"], figures["mingpt_add3_time_to_99_s"]
+            figures["time_to_99_add3_vs_mingpt"] = ours / theirs if ours and theirs else None
+    if not args.skip_sweep:
+        figures.update(bench_sweep.run_sweeps(steps=10 if args.smoke else 400, smoke=args.smoke))
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2) + "\n")

@@ -1,16 +1,13 @@
 """Shared fixtures: a temporary git + DVC repository made from this project, with a tiny params.yaml."""
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+from language_entropy.pipeline.scratch import git_env, make_project, run  # noqa: F401 (the tests import them from here)
+
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["stages", "language_entropy", "dvc.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore",
-                 ".gitignore"]
 
 TINY_OVERRIDES = {
     "seed": 0,
@@ -34,38 +31,6 @@ def merged(base: dict, overrides: dict) -> dict:
 
 # The repository's params.yaml (paths included: dvc.yaml templates them) shrunk to a pipeline of seconds.
 TINY_PARAMS = merged(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY_OVERRIDES)
-
-
-def git_env() -> dict[str, str]:
-    """The environment for commands in a temporary repository: a git identity, no outside tracking server."""
-    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
-    env.update(GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com", GIT_COMMITTER_NAME="test",
-               GIT_COMMITTER_EMAIL="test@example.com")
-    return env
-
-
-def run(args: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True,
-        timeout: int = 600) -> subprocess.CompletedProcess:
-    done = subprocess.run(args, cwd=cwd, env=env or git_env(), capture_output=True, text=True, timeout=timeout)
-    if check and done.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return done
-
-
-def make_project(path: Path, params: dict) -> Path:
-    """Copy the project's pipeline into `path`, write `params`, and commit it as a fresh git repository."""
-    for name in PROJECT_FILES:
-        source, target = ROOT / name, path / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, target)
-    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q", "-b", "main"], path)
-    run(["git", "add", "-A"], path)
-    run(["git", "commit", "-q", "-m", "tiny project"], path)
-    return path
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = {"cpu_cores", "torch_version", "datagen_problems_per_s", "theory_add_sub_20_digits_s", "train_tokens_per_s",
         "train_tokens_per_s_ce_only", "generate_tokens_per_s_kv_cache", "generate_tokens_per_s_recompute",
-        "eval_default_s", "time_to_99_add3_s"}
+        "eval_default_s", "time_to_99_add3_s", "sweep_4_runs_recipe_s",
+        "sweep_4_runs_speedup_vs_sequential_same_threads", "sweep_4_runs_weights_identical_to_alone"}
 
 
 @pytest.mark.slow
@@ -22,5 +23,6 @@ def test_smoke_run_writes_every_key(tmp_path):
     figures = json.loads(out.read_text())
     assert figures == json.loads(done.stdout)
     assert set(figures) >= KEYS
-    for key in KEYS - {"torch_version", "time_to_99_add3_s"}:
+    assert figures["sweep_4_runs_weights_identical_to_alone"] is True
+    for key in KEYS - {"torch_version", "time_to_99_add3_s", "sweep_4_runs_weights_identical_to_alone"}:
         assert figures[key] > 0, key
