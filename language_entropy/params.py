@@ -276,14 +276,15 @@ class Params:
 
     def flat(self) -> dict[str, object]:
         """Every value under its dotted params.yaml name, e.g. ``{"loss.entropy_weight": 0.2}``."""
-        return _flatten(dataclasses.asdict(self))
+        return flatten(dataclasses.asdict(self))
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    """A nested params mapping as ``{"section.key": value}``, tuples as lists."""
     flat = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
     return flat

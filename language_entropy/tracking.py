@@ -26,11 +26,13 @@ from pathlib import Path
 from typing import TypeVar
 
 import mlflow
+import yaml
 from filelock import FileLock
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from language_entropy.errors import UserError
+from language_entropy.params import flatten
 
 T = TypeVar("T")
 STORE_FILE = "mlflow.db"
@@ -125,13 +127,43 @@ def params_digest(flat_params: dict[str, object]) -> str:
     return hashlib.sha256(json.dumps(flat_params, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _same_value(a: object, b: object) -> bool:
+    """Params compare by value: 0 and 0.0 are the same, as are a YAML list and a tuple of the same items."""
+    numbers = (int, float)
+    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
+        return float(a) == float(b)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def swept_values(flat_params: dict[str, object], baseline_rev: str) -> dict[str, object]:
+    """The params that differ from params.yaml at `baseline_rev` (DVC's experiment baseline, or HEAD for a
+    plain `dvc repro`), read from the real repository; empty when that file cannot be read."""
+    done = subprocess.run(["git", "show", f"{baseline_rev}:params.yaml"], cwd=project_root(), capture_output=True,
+                          text=True)
+    try:
+        baseline = flatten(yaml.safe_load(done.stdout) or {}) if done.returncode == 0 else None
+    except yaml.YAMLError:
+        baseline = None
+    if not isinstance(baseline, dict):
+        return {}
+    return {key: value for key, value in flat_params.items()
+            if key in baseline and not _same_value(baseline[key], value)}
+
+
 def run_tags(flat_params: dict[str, object]) -> dict[str, str]:
-    """Where a run came from: the code's git commit, DVC's experiment name and baseline, the params' digest."""
-    tags = {"git_commit": git_commit(), PARAMS_DIGEST_TAG: params_digest(flat_params)}
-    for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev")):
-        if os.environ.get(env):
-            tags[tag] = os.environ[env]
-    return tags
+    """Where a run came from: the code's git commit, the params' digest, DVC's experiment name (`workspace`
+    for a plain `dvc repro`) and baseline commit, the swept values against it, and the MLflow run name
+    made of those (`mlflow.runName`, e.g. ``brisk-gnat loss.entropy_weight=0.2 seed=1``)."""
+    commit = git_commit(project_root())
+    baseline = os.environ.get("DVC_EXP_BASELINE_REV") or commit
+    experiment = os.environ.get("DVC_EXP_NAME") or "workspace"
+    swept = swept_values(flat_params, baseline)
+    described = " ".join(f"{key}={value}" for key, value in swept.items())
+    return {"git_commit": commit, PARAMS_DIGEST_TAG: params_digest(flat_params), "dvc_exp_name": experiment,
+            "dvc_exp_baseline_rev": baseline, "swept": described or "none",
+            "mlflow.runName": f"{experiment} {described}".strip()}
 
 
 @retry_locked
