@@ -324,7 +324,8 @@ def wilson_interval(successes: int, n: int, z: float = _Z_95) -> tuple[float, fl
         center = (p + z^2 / (2n)) / (1 + z^2 / n)
         half   = z / (1 + z^2 / n) * sqrt(p (1 - p) / n + z^2 / (4 n^2))
 
-    and the interval is [center - half, center + half], clipped to [0, 1] against rounding (its
+    and the interval is [center - half, center + half], clipped to [0, 1] against rounding and exactly
+    0 (1) at 0 (n) successes, where the formula gives 0 (1) up to rounding (its
     bounds are the two proportions pi with (p - pi)^2 = z^2 pi (1 - pi) / n). Unlike p +- z *
     sqrt(p (1 - p) / n) it has width > 0 at 0 of n and n of n. n = 0 raises ValueError, as do
     successes outside 0..n and a z that is not positive and finite.
@@ -343,11 +344,13 @@ def wilson_interval(successes: int, n: int, z: float = _Z_95) -> tuple[float, fl
     denominator = 1.0 + z * z / n
     center = (p + z * z / (2 * n)) / denominator
     half = z / denominator * math.sqrt(p * (1.0 - p) / n + z * z / (4 * n * n))
-    return max(0.0, center - half), min(1.0, center + half)
+    low = 0.0 if successes == 0 else max(0.0, center - half)  # exact ends: rounding leaves 1e-17 there
+    high = 1.0 if successes == n else min(1.0, center + half)
+    return low, high
 
 
 def bootstrap_auroc_interval(scores: ArrayLike, labels: ArrayLike, n_boot: int = 1000, seed: int = 0,
-                             level: float = 0.95) -> tuple[float, float] | None:
+                             level: float = 0.95, groups: ArrayLike | None = None) -> tuple[float, float] | None:
     """Percentile bootstrap interval of `auroc(scores, labels)`, resampling problems with replacement.
 
     scores, labels: as for `auroc` (labels 1 where the answer is wrong), one per problem.
@@ -356,6 +359,12 @@ def bootstrap_auroc_interval(scores: ArrayLike, labels: ArrayLike, n_boot: int =
     and is skipped. The interval is the (1 - level) / 2 and (1 + level) / 2 quantiles
     (``np.quantile``, linear interpolation) of the resampled AUROCs, each computed from ranks
     (Mann-Whitney U with average ranks for ties, equal to `sklearn.metrics.roc_auc_score`).
+
+    groups: optional, one id per item (e.g. the problem of each answer token). Items of one group
+    are not independent, so the groups are resampled instead (a cluster bootstrap): the resamples
+    are the rows of ``integers(0, G, size=(n_boot, G))`` over the G distinct ids (in sorted
+    order), and a group drawn k times enters its resample's AUROC with all its items, k times.
+    With every item its own group this is the plain bootstrap above, resample for resample.
 
     None when the AUROC itself is undefined (one class only, or no answers), and when no resample
     holds both classes (possible only with very few problems or resamples). Invalid scores or
@@ -370,10 +379,22 @@ def bootstrap_auroc_interval(scores: ArrayLike, labels: ArrayLike, n_boot: int =
     scores = _vector(scores, "scores")
     labels = _binary(labels, "labels")
     n = scores.size
-    resamples = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))  # (n_boot, n) problem indices
-    rows = max(1, _BOOTSTRAP_CHUNK // n)
-    values = np.concatenate([_auroc_by_ranks(scores[chunk], labels[chunk])
-                             for chunk in np.array_split(resamples, list(range(rows, n_boot, rows)))])
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        resamples = rng.integers(0, n, size=(n_boot, n))  # (n_boot, n) problem indices
+        rows = max(1, _BOOTSTRAP_CHUNK // n)
+        values = np.concatenate([_auroc_by_ranks(scores[chunk], labels[chunk])
+                                 for chunk in np.array_split(resamples, list(range(rows, n_boot, rows)))])
+    else:
+        codes, uniques = pd.factorize(np.asarray(groups), sort=True)
+        if len(codes) != n:
+            raise ValueError(f"groups must have one id per score (got {len(codes)} for {n} scores)")
+        if (codes < 0).any():
+            raise ValueError("groups must not hold missing ids")
+        resamples = rng.integers(0, len(uniques), size=(n_boot, len(uniques)))  # (n_boot, G) group indices
+        rows = max(1, _BOOTSTRAP_CHUNK // max(n, len(uniques)))
+        values = np.concatenate([_grouped_auroc(scores, labels, codes, len(uniques), chunk)
+                                 for chunk in np.array_split(resamples, list(range(rows, n_boot, rows)))])
     values = values[~np.isnan(values)]  # resamples with a single class
     if values.size == 0:
         return None
@@ -443,3 +464,26 @@ def _auroc_by_ranks(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     u = (rank * positive).sum(axis=1) - n_pos * (n_pos + 1) / 2.0
     with np.errstate(invalid="ignore", divide="ignore"):  # one class: 0 / 0 = NaN, as documented
         return u / (n_pos * n_neg)
+
+
+def _grouped_auroc(scores: np.ndarray, labels: np.ndarray, codes: np.ndarray, n_groups: int,
+                   resamples: np.ndarray) -> np.ndarray:
+    """AUROC of each cluster resample (R, G) of group indices: item i counts as often as its group
+    codes[i] was drawn; NaN for a resample with one class only.
+
+    With w the counts and the distinct scores v ascending, Mann-Whitney with weights:
+    AUROC = sum_v W+(v) (W-(< v) + W-(v) / 2) / (W+ W-), W+(v), W-(v) the weight of the positives
+    and negatives scoring v (a tied pair counts 1/2).
+    """
+    values, level = np.unique(scores, return_inverse=True)  # level: index of each item's score
+    R, U = len(resamples), len(values)
+    draws = np.zeros((R, n_groups))
+    np.add.at(draws, (np.repeat(np.arange(R), resamples.shape[1]), resamples.ravel()), 1.0)
+    weight = draws[:, codes]  # (R, n): how often each item is in each resample
+    cell = (np.arange(R)[:, None] * U + level[None, :]).ravel()  # (R * n,) the (resample, score) of each item
+    positive = np.bincount(cell, weights=(weight * labels).ravel(), minlength=R * U).reshape(R, U)
+    negative = np.bincount(cell, weights=(weight * (1 - labels)).ravel(), minlength=R * U).reshape(R, U)
+    below = np.cumsum(negative, axis=1) - negative  # negatives scoring strictly less
+    pairs = (positive * (below + negative / 2)).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):  # one class: 0 / 0 = NaN, skipped by the caller
+        return pairs / (positive.sum(axis=1) * negative.sum(axis=1))
