@@ -71,13 +71,13 @@ def eval_default_s(repeats: int, smoke: bool) -> tuple[float, str]:
     else:
         model, which = ArithmeticDecoder(ModelConfig()).eval(), "untrained default-size model"
     config = EvalConfig(semantic_problems=10, semantic_samples=2) if smoke else EvalConfig()
-    frames = {"in_distribution": splits["test"], "ood": splits["ood"]}
+    frames = [splits["test"], splits["ood"]]
     if smoke:
-        frames = {scope: frame.iloc[:50] for scope, frame in frames.items()}
+        frames = [frame.iloc[:50] for frame in frames]
 
     def evaluate() -> None:
-        for scope, frame in frames.items():
-            evaluate_split(model, frame, theory, scope, config, data.reverse_answer, seed=0)
+        for frame in frames:
+            evaluate_split(model, frame, theory, config, data.reverse_answer, seed=0)
 
     return median_seconds(evaluate, repeats), which
 

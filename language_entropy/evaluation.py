@@ -1,7 +1,15 @@
-"""Every measurement of one split: accuracy, entropy against theory, calibration, temperature, semantic entropy.
+"""Every measurement of one split: accuracy, entropy against the digit-blind reference, calibration,
+temperature, semantic entropy and continuity, each rate with its 95% interval.
 
 Built from `measure` (the model's statistics and answers), `uncertainty` (the metrics) and `theory`
-(the reference levels); the evaluate stage writes and logs what `evaluate_split` returns.
+(the exact per-bucket levels); the evaluate stage writes and logs what `evaluate_split` returns.
+
+Intervals sit beside their value under the same name plus ``.ci_low`` / ``.ci_high``: Wilson for
+every exact match, a percentile bootstrap over problems (N_BOOT resamples, seeded by `seed`) for
+every AUROC. Every random draw comes from
+its own generator, seeded by (seed, purpose) (`purpose_generator`): the temperature sweep (one per
+temperature), the semantic-entropy samples and the sampled sequence calibration never share a
+stream, so changing one leaves the others' numbers bit-identical.
 """
 
 from __future__ import annotations
@@ -12,18 +20,26 @@ import numpy as np
 import pandas as pd
 import torch
 
-from language_entropy.measure import expected_answers, sample_sequences, teacher_forced_stats
+from language_entropy.measure import continuity_stats, expected_answers, sample_sequences, teacher_forced_stats
 from language_entropy.model import ArithmeticDecoder
 from language_entropy.params import EvalConfig
 from language_entropy.problems import reorder_answer
 from language_entropy.theory import theoretical_levels
 from language_entropy.uncertainty import (
     auroc,
+    bootstrap_auroc_interval,
     digit_accuracy,
     expected_calibration_error,
     perplexity,
     semantic_entropy_by_problem,
+    sequence_calibration,
+    wilson_interval,
 )
+
+BUCKET_KEYS = ["op", "a_digits", "b_digits"]
+LEVEL_COLUMNS = ["digit_blind_running_bits", "digit_blind_all_bits", "running_fraction"]
+SEQUENCE_DECODINGS = ("greedy", "sampled_t1")  # sequence confidence of the greedy answer, of one sample at T=1
+N_BOOT = 1000  # bootstrap resamples of every AUROC interval
 
 
 @dataclass
@@ -31,8 +47,85 @@ class SplitReport:
     summary: dict  # nested numbers for eval.json
     entropy_by_step: pd.DataFrame  # per operation
     entropy_by_step_bucket: pd.DataFrame  # per operation and operand-length bucket
-    reliability: pd.DataFrame
+    token_reliability: pd.DataFrame  # teacher-forced next-token confidence against top-1 correctness
+    sequence_reliability: pd.DataFrame  # per operation ("all" too) and decoding: sequence confidence vs exact match
     temperature: pd.DataFrame
+    problems: pd.DataFrame  # the split's rows with each problem's readings (right, confidence_greedy, ...)
+
+
+def purpose_generator(seed: int, purpose: str) -> torch.Generator:
+    """A CPU generator of its own for one purpose (e.g. "semantic", "temperature 0.5"), seeded by (seed, purpose)."""
+    state = np.random.SeedSequence([seed, *purpose.encode()]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state >> 1))
+
+
+# ----------------------------------------------------------------------------- the digit-blind reference
+
+
+def digit_blind_levels(theory: pd.DataFrame, problems: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The reference level of each answer step for the problems of a split, per group of `keys`.
+
+    problems: one row per problem with columns op, a_digits, b_digits. keys: a subset of those
+    (["op"]: per operation; BUCKET_KEYS: per bucket; []: the whole split). For bucket b (n_b problems
+    of the group), H_b(t) = H(Y_t | Y_<t, op, lengths) (`conditional_bits` of the theory table: the
+    entropy left to a *digit-blind* predictor, which reads the operation and lengths but not the
+    digits) and r_b(t) its fraction of answers still running at step t (`running_fraction`).
+    Ended answers emit "ended" with certainty, so H_b(t) = r_b(t) * H_b(t | running). Returns, by step:
+
+    * ``digit_blind_running_bits = sum_b n_b r_b(t) H_b(t | running) / sum_b n_b r_b(t)``: the
+      answers still running at t, as the model's per-step mean covers them (NaN where none runs);
+    * ``digit_blind_all_bits = sum_b n_b H_b(t) / sum_b n_b``: all answers, ended ones included;
+    * ``running_fraction = sum_b n_b r_b(t) / sum_b n_b``.
+
+    A bucket past its last step has r_b = H_b = 0. NaN (a Monte Carlo conditional that could not be
+    estimated) in any bucket of a group makes that group's step NaN.
+    """
+    counts = problems.groupby(BUCKET_KEYS).size().rename("n").reset_index()
+    parts = [theoretical_levels(theory, "bucket", row.op, int(row.a_digits), int(row.b_digits))
+             .assign(op=row.op, a_digits=int(row.a_digits), b_digits=int(row.b_digits), n=row.n)
+             for row in counts.itertuples(index=False)]
+    levels = pd.concat(parts, ignore_index=True)
+    levels["all_mass"] = levels["n"] * levels["conditional_bits"]  # n_b H_b(t) = n_b r_b(t) H_b(t | running)
+    levels["running_mass"] = levels["n"] * levels["running_fraction"]
+    group = [*keys, "step"]
+    sums = levels.groupby(group).agg(all_mass=("all_mass", lambda x: x.sum(skipna=False)),
+                                     running_mass=("running_mass", "sum")).reset_index()
+    totals = counts.groupby(keys)["n"].sum().rename("total").reset_index() if keys else \
+        pd.DataFrame({"total": [counts["n"].sum()]})
+    sums = sums.merge(totals, on=keys) if keys else sums.assign(total=int(totals["total"].iloc[0]))
+    running = sums["running_mass"].to_numpy(dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sums["digit_blind_running_bits"] = np.where(running > 0, sums["all_mass"] / running, np.nan)
+    sums["digit_blind_all_bits"] = sums["all_mass"] / sums["total"]
+    sums["running_fraction"] = sums["running_mass"] / sums["total"]
+    return sums[[*group, *LEVEL_COLUMNS]]
+
+
+def _entropy_by_step(tokens: pd.DataFrame, keys: list[str], levels: pd.DataFrame) -> pd.DataFrame:
+    """Model entropy and accuracy per answer step, per group of `keys`, beside the digit-blind `levels`."""
+    table = tokens.groupby([*keys, "step"]).agg(model_entropy_bits=("entropy_bits", "mean"),
+                                                accuracy=("correct", "mean"), n_tokens=("step", "size")).reset_index()
+    return table.merge(levels, on=[*keys, "step"], how="left").rename(columns={"op": "operation"})
+
+
+# ----------------------------------------------------------------------------- rates with intervals
+
+
+def _rate(name: str, hits) -> dict[str, float]:
+    """{name: fraction, name.ci_low, name.ci_high}: a proportion with its Wilson 95% interval."""
+    hits = np.asarray(hits, dtype=bool)
+    low, high = wilson_interval(int(hits.sum()), int(hits.size))
+    return {name: float(hits.mean()), f"{name}.ci_low": low, f"{name}.ci_high": high}
+
+
+def _auroc(name: str, scores, wrong, seed: int, groups=None) -> tuple[dict, str | None]:
+    """({name, name.ci_low, name.ci_high}, reason when undefined): an AUROC and its bootstrap 95% interval."""
+    scores, wrong = np.asarray(scores, dtype=float), np.asarray(wrong, dtype=bool)
+    result = auroc(scores, wrong)
+    interval = (bootstrap_auroc_interval(scores, wrong, n_boot=N_BOOT, seed=seed, groups=groups)
+                if result.value is not None else None)
+    low, high = interval if interval is not None else (None, None)
+    return {name: result.value, f"{name}.ci_low": low, f"{name}.ci_high": high}, result.reason
 
 
 def _breakdown(problems: pd.DataFrame, tokens: pd.DataFrame, key: str, temperatures: tuple[float, ...],
@@ -41,65 +134,104 @@ def _breakdown(problems: pd.DataFrame, tokens: pd.DataFrame, key: str, temperatu
     report = {}
     for value, group in problems.groupby(key, sort=True):
         group_tokens = tokens[tokens[key] == value]
+        temperature = {}
+        for t in temperatures:
+            temperature.update(_rate(f"{t:g}", group[f"right_at_{t:g}"]))
         report[value] = {
             "n": len(group),
-            "exact_match": float(group["right"].mean()),
+            **_rate("exact_match", group["right"]),
             "digit_accuracy": digit_accuracy(group["written"].tolist(), group["answer"].tolist()),
             "mean_entropy_bits": float(group_tokens["entropy_bits"].mean()),
             **perplexity(group_tokens["nll_nats"].sum(), len(group_tokens)),
-            "ece": expected_calibration_error(group_tokens["confidence"], group_tokens["correct"], bins)[0],
-            "temperature": {f"{t:g}": float(group[f"right_at_{t:g}"].mean()) for t in temperatures},
+            "token_ece": expected_calibration_error(group_tokens["confidence"], group_tokens["correct"], bins)[0],
+            "temperature": temperature,
         }
     return report
 
 
-def _entropy_by_step(tokens: pd.DataFrame, keys: list[str], levels) -> pd.DataFrame:
-    """Model entropy and accuracy per answer step, per group of `keys`, beside `levels(*group)`."""
-    table = tokens.groupby([*keys, "step"]).agg(model_entropy_bits=("entropy_bits", "mean"),
-                                                accuracy=("correct", "mean")).reset_index()
-    theory = pd.concat([levels(*group).assign(**dict(zip(keys, group, strict=True)))
-                        for group in table[keys].drop_duplicates().itertuples(index=False)], ignore_index=True)
-    theory = theory.rename(columns={"marginal_bits": "theoretical_marginal_bits",
-                                    "conditional_bits": "theoretical_conditional_bits"})
-    return table.merge(theory, on=[*keys, "step"], how="left").rename(columns={"op": "operation"})
+def _sequence_calibration(problems: pd.DataFrame, bins: int) -> tuple[dict, dict, pd.DataFrame]:
+    """Sequence confidence against exact match, per operation and for the whole split ("all"), per decoding.
+
+    Returns ({operation: {"sequence_ece": {decoding: ...}, "sequence_brier": {...}}}, the same for
+    the whole split, and the reliability rows with a Wilson interval on each bin's accuracy).
+    """
+    per_operation, overall, tables = {}, {}, []
+    groups = [("all", problems), *problems.groupby("op", sort=True)]
+    for operation, group in groups:
+        entry = {"sequence_ece": {}, "sequence_brier": {}}
+        for decoding in SEQUENCE_DECODINGS:
+            result = sequence_calibration(group[f"confidence_{decoding}"], group[f"right_{decoding}"], bins)
+            entry["sequence_ece"][decoding] = result["ece"]
+            entry["sequence_brier"][decoding] = result["brier"]
+            table = result["reliability"].assign(operation=operation, decoding=decoding)
+            right = np.round(table["accuracy"].fillna(0) * table["count"]).astype(int)
+            intervals = [wilson_interval(k, n) if n else (np.nan, np.nan)
+                         for k, n in zip(right, table["count"], strict=True)]
+            table["accuracy_ci_low"], table["accuracy_ci_high"] = zip(*intervals, strict=True)
+            tables.append(table)
+        (overall if operation == "all" else per_operation.setdefault(operation, {})).update(entry)
+    return per_operation, overall, pd.concat(tables, ignore_index=True)
 
 
-def evaluate_split(model: ArithmeticDecoder, frame: pd.DataFrame, theory: pd.DataFrame, scope: str,
-                   config: EvalConfig, reverse_answer: bool, seed: int) -> SplitReport:
-    """Every measurement of one split; `theory` is the theoretical-entropy table, `scope` the split's
-    mixture in it (`in_distribution` or `ood`)."""
+# ----------------------------------------------------------------------------- one split
+
+
+def evaluate_split(model: ArithmeticDecoder, frame: pd.DataFrame, theory: pd.DataFrame, config: EvalConfig,
+                   reverse_answer: bool, seed: int, continuity_on: str | int = "final",
+                   continuity_positions: str = "answer") -> SplitReport:
+    """Every measurement of one split; `theory` is the theoretical-entropy table (its bucket rows are
+    mixed with this split's bucket counts), `continuity_on` and `continuity_positions` the trained
+    model's `loss.continuity_on` / `loss.continuity_positions` (what its continuity loss acts on)."""
     texts = frame["text"].tolist()
     device = next(model.parameters()).device
     forced = teacher_forced_stats(model, texts, device, config.batch_size).tokens
     greedy = sample_sequences(model, texts, config.batch_size)
-    expected = expected_answers(texts)
+    expected = np.asarray(expected_answers(texts))
     problems = frame.assign(
-        right=[got == want for got, want in zip(greedy["answer"], expected, strict=True)],
+        right=np.equal(greedy["answer"].to_numpy(), expected),
         written=[reorder_answer(answer, reverse_answer) for answer in greedy["answer"]],
         bucket=frame["op"] + "_" + frame["a_digits"].astype(str) + "x" + frame["b_digits"].astype(str))
     for column in ("op", "bucket", "a_digits", "b_digits"):
         forced[column] = problems[column].to_numpy()[forced["row"].to_numpy()]
-    ece, reliability = expected_calibration_error(forced["confidence"], forced["correct"], config.calibration_bins)
+    token_ece, token_reliability = expected_calibration_error(forced["confidence"], forced["correct"],
+                                                              config.calibration_bins)
 
-    # entropy at each answer step, beside the theoretical levels of the same operation (and bucket)
-    by_step = _entropy_by_step(forced, ["op"], lambda op: theoretical_levels(theory, scope, op))
-    by_step_bucket = _entropy_by_step(forced, ["op", "a_digits", "b_digits"],
-                                      lambda op, a, b: theoretical_levels(theory, "bucket", op, int(a), int(b)))
+    # entropy at each answer step, beside the digit-blind level of the same operation (and bucket)
+    by_step = _entropy_by_step(forced, ["op"], digit_blind_levels(theory, problems, ["op"]))
+    by_step_bucket = _entropy_by_step(forced, BUCKET_KEYS, digit_blind_levels(theory, problems, BUCKET_KEYS))
 
-    generator = torch.Generator().manual_seed(seed)
+    # temperature sweep: one generator per temperature; the entropy is that of the distribution sampled
+    # from, softmax(logits / T) (before top-k/top-p filtering, both off by default), so 0 for greedy
+    # decoding (a point mass)
     temperature_rows = []
     for temperature in config.temperatures:
-        sampled = greedy if temperature == 0 else sample_sequences(
-            model, texts, config.batch_size, temperature, config.top_k, config.top_p, generator=generator)
-        right = np.equal(sampled["answer"].to_numpy(), np.asarray(expected))
+        if temperature == 0:
+            sampled, entropy = greedy, 0.0
+        else:
+            sampled = sample_sequences(model, texts, config.batch_size, temperature, config.top_k, config.top_p,
+                                       generator=purpose_generator(seed, f"temperature {temperature:g}"))
+            entropy = float(sampled["mean_entropy_bits"].mean())
+        right = np.equal(sampled["answer"].to_numpy(), expected)
         problems[f"right_at_{temperature:g}"] = right
-        temperature_rows.append({"temperature": temperature, "exact_match": float(right.mean()),
-                                 "mean_entropy_bits": float(sampled["mean_entropy_bits"].mean())})
+        rate = _rate("exact_match", right)
+        temperature_rows.append({"temperature": temperature, "exact_match": rate["exact_match"],
+                                 "exact_match_ci_low": rate["exact_match.ci_low"],
+                                 "exact_match_ci_high": rate["exact_match.ci_high"], "mean_entropy_bits": entropy})
+
+    # sequence calibration: P(answer) under greedy decoding and for one sample at T=1, against exact match
+    once = sample_sequences(model, texts, config.batch_size, 1.0, generator=purpose_generator(seed, "calibration"))
+    problems["confidence_greedy"] = np.exp(greedy["logprob"].to_numpy(dtype=float))
+    problems["right_greedy"] = problems["right"]
+    problems["confidence_sampled_t1"] = np.exp(once["logprob"].to_numpy(dtype=float))
+    problems["answer_sampled_t1"] = once["answer"].to_numpy()  # as emitted
+    problems["right_sampled_t1"] = np.equal(once["answer"].to_numpy(), expected)
+    calibration_per_op, calibration, sequence_reliability = _sequence_calibration(problems, config.calibration_bins)
 
     # semantic entropy on the first problems, against the same problems' token entropy and sequence NLL
     n_semantic = min(config.semantic_problems, len(texts))
     samples = sample_sequences(model, texts[:n_semantic], config.batch_size, config.semantic_temperature,
-                               config.top_k, config.top_p, repeats=config.semantic_samples, generator=generator)
+                               config.top_k, config.top_p, repeats=config.semantic_samples,
+                               generator=purpose_generator(seed, "semantic"))
     samples["answer"] = [reorder_answer(answer, reverse_answer) for answer in samples["answer"]]
     semantic = semantic_entropy_by_problem(samples)
     wrong = ~problems["right"].to_numpy()[:n_semantic]
@@ -107,27 +239,51 @@ def evaluate_split(model: ArithmeticDecoder, frame: pd.DataFrame, theory: pd.Dat
               "semantic_entropy_weighted": semantic["weighted_semantic_entropy"],
               "token_entropy": greedy["mean_entropy_bits"][:n_semantic],
               "sequence_nll": -greedy["logprob"][:n_semantic]}
-    aurocs = {name: auroc(score.to_numpy(), wrong) for name, score in scores.items()}
+    aurocs, reasons = {}, {}
+    for name, score in scores.items():
+        entry, reasons[name] = _auroc(name, score.to_numpy(), wrong, seed)
+        aurocs.update(entry)
 
+    # per-token entropy as a detector of per-token errors (top-1 wrong) under teacher forcing,
+    # bootstrapped over problems (a problem's tokens are not independent)
+    token_aurocs, token_reasons = {}, {}
+    for operation, group in [("all", forced), *forced.groupby("op", sort=True)]:
+        entry, token_reasons[operation] = _auroc(operation, group["entropy_bits"], ~group["correct"].to_numpy(),
+                                                 seed, groups=group["row"].to_numpy())
+        token_aurocs.update(entry)
+
+    per_operation = _breakdown(problems, forced, "op", config.temperatures, config.calibration_bins)
+    for operation, entry in calibration_per_op.items():
+        per_operation[operation].update(entry)
+    temperature_summary = {}
+    for row in temperature_rows:
+        temperature_summary[f"{row['temperature']:g}"] = {
+            "exact_match": row["exact_match"], "exact_match.ci_low": row["exact_match_ci_low"],
+            "exact_match.ci_high": row["exact_match_ci_high"], "mean_entropy_bits": row["mean_entropy_bits"]}
     summary = {
         "n_problems": len(texts),
-        "exact_match": float(problems["right"].mean()),
+        **_rate("exact_match", problems["right"]),
         "digit_accuracy": digit_accuracy(problems["written"].tolist(), problems["answer"].tolist()),
         **perplexity(forced["nll_nats"].sum(), len(forced)),
         "mean_entropy_bits": float(forced["entropy_bits"].mean()),
-        "ece": ece,
-        "per_operation": _breakdown(problems, forced, "op", config.temperatures, config.calibration_bins),
+        "token_ece": token_ece,
+        **calibration,
+        **continuity_stats(model, texts, device, continuity_on, continuity_positions, config.batch_size),
+        "continuity_representation": f"{continuity_on}, {continuity_positions} positions",
+        "per_operation": per_operation,
         "per_bucket": _breakdown(problems, forced, "bucket", config.temperatures, config.calibration_bins),
-        "temperature": {f"{row['temperature']:g}": {k: row[k] for k in ("exact_match", "mean_entropy_bits")}
-                        for row in temperature_rows},
+        "temperature": temperature_summary,
         "semantic": {"problems": n_semantic, "samples": config.semantic_samples,
                      "temperature": config.semantic_temperature,
                      "mean_semantic_entropy_bits": float(semantic["discrete_semantic_entropy"].mean()),
                      "mean_weighted_semantic_entropy_bits": float(semantic["weighted_semantic_entropy"].mean())},
-        "auroc": {name: result.value for name, result in aurocs.items()},
-        "auroc_reason": {name: result.reason for name, result in aurocs.items() if result.value is None},
+        "auroc": aurocs,
+        "auroc_reason": {name: reason for name, reason in reasons.items() if reason is not None},
+        "token_error_auroc": token_aurocs,
+        "token_error_auroc_reason": {name: reason for name, reason in token_reasons.items() if reason is not None},
     }
-    return SplitReport(summary, by_step, by_step_bucket, reliability, pd.DataFrame(temperature_rows))
+    return SplitReport(summary, by_step, by_step_bucket, token_reliability, sequence_reliability,
+                       pd.DataFrame(temperature_rows), problems)
 
 
 def flatten_numbers(tree: dict, prefix: str = "") -> dict[str, float]:
@@ -142,4 +298,4 @@ def flatten_numbers(tree: dict, prefix: str = "") -> dict[str, float]:
     return flat
 
 
-SPLIT_NAMES = {"test": ("test", "in_distribution"), "test_ood": ("ood", "ood")}  # report name -> (split, scope)
+SPLIT_NAMES = {"test": "test", "test_ood": "ood"}  # report name -> data split

@@ -92,21 +92,25 @@ def continuity_pair_mask(answer_mask: torch.Tensor, valid_mask: torch.Tensor, ta
     return position[:, :-1] & position[:, 1:]
 
 
-def continuity_loss(hidden: torch.Tensor, pair_mask: torch.Tensor, metric: str = "l2",
-                    count: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean distance between adjacent hidden states (B, T, C) over `pair_mask` (B, T-1).
+def continuity_distance(hidden: torch.Tensor, metric: str = "l2") -> torch.Tensor:
+    """Distance between adjacent hidden states (B, T, C): (B, T-1), pair (t, t+1) at index t.
 
     "l2": sqrt(sum((h_t - h_{t+1})**2) + 1e-8) (the original design; the 1e-8 keeps the gradient
-    finite at equal states). "cosine": 1 - cos(h_t, h_{t+1}).
+    finite at equal states). "cosine": 1 - cos(h_t, h_{t+1}). The l2 distance scales with the
+    norm of the states, the cosine one does not: read an l2 value beside the states' norm.
     """
     a, b = hidden[:, :-1].float(), hidden[:, 1:].float()  # (B, T-1, C)
     if metric == "l2":
-        distance = torch.sqrt(((a - b) ** 2).sum(dim=-1) + 1e-8)
-    elif metric == "cosine":
-        distance = 1.0 - F.cosine_similarity(a, b, dim=-1, eps=1e-8)
-    else:
-        raise ValueError(f"continuity metric must be 'l2' or 'cosine' (got {metric!r})")
-    return masked_mean(distance, pair_mask, count)  # (B, T-1) -> ()
+        return torch.sqrt(((a - b) ** 2).sum(dim=-1) + 1e-8)
+    if metric == "cosine":
+        return 1.0 - F.cosine_similarity(a, b, dim=-1, eps=1e-8)
+    raise ValueError(f"continuity metric must be 'l2' or 'cosine' (got {metric!r})")
+
+
+def continuity_loss(hidden: torch.Tensor, pair_mask: torch.Tensor, metric: str = "l2",
+                    count: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean `continuity_distance` of the hidden states (B, T, C) over `pair_mask` (B, T-1)."""
+    return masked_mean(continuity_distance(hidden, metric), pair_mask, count)  # (B, T-1) -> ()
 
 
 def select_hidden(hidden: list[torch.Tensor], continuity_on: str | int) -> torch.Tensor:

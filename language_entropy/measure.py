@@ -1,6 +1,6 @@
 """Measuring a model on problem texts: teacher-forced token statistics and generated answers.
 
-Shared by training (validation every `train.eval_every` steps), evaluation and visualization, so
+Shared by training (validation on `training.validation_due`'s schedule), evaluation and visualization, so
 none of them imports another: this module knows the model, the data format and entropy, nothing else.
 """
 
@@ -15,6 +15,7 @@ import torch
 from language_entropy import tokenizer
 from language_entropy.data import encode_batch, prompt_of
 from language_entropy.entropy import NATS_TO_BITS, entropy_bits_from_probs, entropy_from_logits
+from language_entropy.losses import continuity_distance, continuity_pair_mask, select_hidden
 from language_entropy.model import ArithmeticDecoder, generate_batched
 
 
@@ -52,6 +53,42 @@ def teacher_forced_stats(model: ArithmeticDecoder, texts: list[str], device: tor
                    "confidence": confidence, "correct": top1 == targets}
         frames.append(pd.DataFrame({name: values[mask].cpu().numpy() for name, values in columns.items()}))
     return TeacherForcedStats(pd.concat(frames, ignore_index=True))
+
+
+@torch.no_grad()
+def continuity_stats(model: ArithmeticDecoder, texts: list[str], device: torch.device,
+                     continuity_on: str | int = "final", positions: str = "answer",
+                     batch_size: int = 512) -> dict[str, float]:
+    """The representation the continuity loss acts on, measured under teacher forcing.
+
+    The representation is `losses.select_hidden(hidden, continuity_on)`, the pairs those of
+    `losses.continuity_pair_mask(..., positions)`, exactly as training's loss sees them (but in
+    eval mode). Returns ``hidden_norm``: the mean l2 norm ||h_t|| over the positions in at least
+    one counted pair; ``continuity_l2`` and ``continuity_cosine``: the mean `continuity_distance`
+    of each metric over the counted pairs. Plain means over all `texts` (no process group), so
+    rank 0 can call it alone.
+    """
+    model.eval()
+    norm_sum = l2_sum = cosine_sum = 0.0
+    n_positions = n_pairs = 0
+    for start in range(0, len(texts), batch_size):
+        batch = encode_batch(texts[start: start + batch_size], device)
+        tokens = batch["tokens"]
+        _, hidden = model(tokens[:, :-1], return_hidden=True)
+        states = select_hidden(hidden, continuity_on).float()  # (B, T-1, C)
+        pairs = continuity_pair_mask(batch["answer_mask"], batch["valid_mask"], tokens[:, 1:], positions)  # (B, T-2)
+        member = torch.zeros_like(batch["answer_mask"])  # (B, T-1): positions in a counted pair
+        member[:, :-1] |= pairs
+        member[:, 1:] |= pairs
+        norm_sum += float(states.norm(dim=-1)[member].sum())
+        l2_sum += float(continuity_distance(states, "l2")[pairs].sum())
+        cosine_sum += float(continuity_distance(states, "cosine")[pairs].sum())
+        n_positions += int(member.sum())
+        n_pairs += int(pairs.sum())
+    if n_pairs == 0:
+        raise ValueError("continuity_stats needs at least one pair of counted positions")
+    return {"hidden_norm": norm_sum / n_positions, "continuity_l2": l2_sum / n_pairs,
+            "continuity_cosine": cosine_sum / n_pairs}
 
 
 def expected_answers(texts: list[str]) -> list[str]:

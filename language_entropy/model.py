@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from language_entropy.params import ModelConfig
 from language_entropy.tokenizer import (
+    BOS_ID,
     EOS_ID,
     EQUALS_ID,
     PAD_ID,
@@ -148,6 +149,8 @@ class Block(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # The model
 
+NEVER_GENERATED = [PAD_ID, BOS_ID]  # generation masks their logits: padding and a sequence start are no answer
+
 
 @dataclass
 class Generation:
@@ -265,13 +268,16 @@ class ArithmeticDecoder(nn.Module):
         starts with BOS and ends with '='. Runs without autograd; calling ``model.eval()`` first is
         the caller's job (dropout would stay on otherwise). Works under bf16 autocast.
 
-        temperature 0 is greedy (argmax). Otherwise the next token is sampled from
+        PAD and BOS are never generated: their logits are set to -inf first (`NEVER_GENERATED`),
+        so neither can appear inside an answer, greedy or sampled. Below, `logits` are these masked
+        logits. temperature 0 is greedy (argmax). Otherwise the next token is sampled from
         softmax(logits / temperature), restricted to the `top_k` most likely tokens and then to the
         nucleus of mass `top_p`, using `generator` (any device; one uniform per row and step, so a
         seeded generator reproduces the samples; None = the global RNG).
 
         `probs` are the full distribution softmax(logits / temperature) before top-k/top-p
-        filtering; at temperature 0 they are softmax(logits), the model's own distribution.
+        filtering: the model's distribution renormalised over the tokens other than PAD and BOS
+        (which get probability 0); at temperature 0 they are softmax(logits).
         `hidden[l][:, s]` is layer l's state at the position whose logits chose token s (the '='
         for s = 0). A row that emits EOS gets PAD afterwards; the loop stops when every row has
         ended or after `max_new_tokens` steps. The prompt is prefilled in one causal pass, then
@@ -297,6 +303,7 @@ class ArithmeticDecoder(nn.Module):
         for step in range(max_new_tokens):
             logits = self.lm_head(self.norm_f(x[:, -1]))  # (B, V): only the last position matters
             logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32 to sample
+            logits[:, NEVER_GENERATED] = float("-inf")  # (B, V): PAD and BOS are never part of an answer
             if return_hidden:
                 for layer, h in enumerate(hidden):
                     states[layer].append(h[:, -1])  # (B, C)

@@ -185,7 +185,7 @@ class EvalConfig:
     top_k: int | None = None
     top_p: float | None = None
     calibration_bins: int = 15
-    semantic_problems: int = 200
+    semantic_problems: int = 1000  # the whole default OOD split
     semantic_samples: int = 10
     semantic_temperature: float = 1.0
 

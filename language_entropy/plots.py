@@ -189,21 +189,24 @@ def plot_digit_geometry(embeddings: np.ndarray, path: str | Path, dpi: int = 110
     return _save(fig, path, dpi)
 
 
+DIGIT_BLIND = "digit-blind level"  # H(Y_t | Y_<t, operation, lengths): operation and lengths known, digits not
+
+
 def plot_entropy_by_step(entropy_by_step: pd.DataFrame, path: str | Path, dpi: int = 110) -> Path:
-    """Model entropy per answer step against the theoretical marginal (dotted) and conditional
-    (dashed) entropy; one panel per split, one colour per operation.
+    """Model entropy per answer step against the digit-blind level (dashed): the entropy a predictor
+    that reads the operation and the operand lengths but not the digits would have on the same
+    answers still running; one panel per split, one colour per operation.
 
     entropy_by_step: metrics/entropy_by_step.csv (split, operation, step, model_entropy_bits,
-    theoretical_marginal_bits, theoretical_conditional_bits, accuracy).
+    digit_blind_running_bits, ...).
     """
     _require_columns(entropy_by_step, ["split", "operation", "step", "model_entropy_bits",
-                                       "theoretical_marginal_bits", "theoretical_conditional_bits"],
-                     "entropy_by_step")
+                                       "digit_blind_running_bits"], "entropy_by_step")
     splits = _splits(entropy_by_step)
     operations = list(dict.fromkeys(entropy_by_step["operation"]))
     colours = dict(zip(operations, _colours(len(operations)), strict=True))
-    curves = {"model": ("model_entropy_bits", "-"), "theoretical marginal": ("theoretical_marginal_bits", ":"),
-              "theoretical conditional": ("theoretical_conditional_bits", "--")}
+    curves = {"model": ("model_entropy_bits", "-"), f"{DIGIT_BLIND} (answers still running)":
+              ("digit_blind_running_bits", "--")}
     fig, axes = _figure(1, len(splits), (5.5 * len(splits), 4.5), sharey=True)
     for ax, split in zip(axes[0], splits, strict=True):
         rows = entropy_by_step[entropy_by_step["split"] == split]
@@ -220,29 +223,31 @@ def plot_entropy_by_step(entropy_by_step: pd.DataFrame, path: str | Path, dpi: i
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, title="operation", loc="outside right upper", fontsize=8)
     _style_legend(fig, {name: style for name, (_, style) in curves.items()}, loc="outside right lower", fontsize=8)
-    fig.suptitle("Entropy of the next answer token, model vs theory")
+    fig.suptitle("Entropy of the next answer token: model vs a predictor that sees the operation and "
+                 "lengths, not the digits")
     return _save(fig, path, dpi)
 
 
-def plot_entropy_during_training(train_curve: pd.DataFrame, theory: pd.DataFrame | None, path: str | Path,
+def plot_entropy_during_training(train_curve: pd.DataFrame, reference: pd.DataFrame | None, path: str | Path,
                                  dpi: int = 110) -> Path:
-    """Mean validation entropy of each answer step over training, with each step's theoretical
-    conditional entropy as a dashed horizontal line of the same colour.
+    """Mean validation entropy of each answer step over training, with each step's digit-blind level
+    as a dashed horizontal line of the same colour: a model at that line has learned the answer
+    format and lengths but not yet the digits.
 
     train_curve: metrics/train_curve.csv (``step`` and ``entropy_step_<k>`` columns; NaN rows,
-    where entropy was not measured, are skipped). theory: one DataFrame with columns ``step``
-    (answer step) and ``conditional_bits`` (``marginal_bits`` may be present, it is not drawn)
-    for the validation distribution: with several operations, the caller passes their mixture
-    (the operation-weighted mean, since the prompt names the operation). None draws no levels.
+    where entropy was not measured, are skipped). reference: columns ``step`` (answer step) and
+    ``digit_blind_running_bits`` for the validation split as a whole (both operations: the mean
+    per step covers them all), e.g. `evaluation.digit_blind_levels(theory, val, [])`. None draws
+    no levels.
     """
     _require_columns(train_curve, ["step"], "train_curve")
     steps = entropy_step_columns(train_curve)
     if not steps:
         raise ValueError(f"train_curve has no {ENTROPY_STEP_PREFIX}<k> columns")
     levels = {}
-    if theory is not None:
-        _require_columns(theory, ["step", "conditional_bits"], "theory")
-        levels = dict(zip(theory["step"].astype(int), theory["conditional_bits"], strict=True))
+    if reference is not None:
+        _require_columns(reference, ["step", "digit_blind_running_bits"], "reference")
+        levels = dict(zip(reference["step"].astype(int), reference["digit_blind_running_bits"], strict=True))
     cmap = colormaps["viridis"]
     fig, axes = _figure(1, 1, (9.0, 5.0))
     ax = axes[0, 0]
@@ -254,11 +259,11 @@ def plot_entropy_during_training(train_curve: pd.DataFrame, theory: pd.DataFrame
             ax.axhline(levels[k], color=colour, linestyle="--", linewidth=1)
     ax.set_xlabel("training step")
     ax.set_ylabel("mean entropy on validation (bits)")
-    ax.set_title("Entropy per answer step during training (dashed: theoretical conditional)")
+    ax.set_title(f"Entropy per answer step during training (dashed: {DIGIT_BLIND})")
     ax.grid(alpha=0.3)
     fig.legend(loc="outside right upper", fontsize=8)
-    _style_legend(fig, {"model (validation)": "-", "theoretical conditional": "--"}, loc="outside right lower",
-                  fontsize=8)
+    _style_legend(fig, {"model (validation)": "-", f"{DIGIT_BLIND} (sees operation and lengths, not digits)": "--"},
+                  loc="outside right lower", fontsize=8)
     return _save(fig, path, dpi)
 
 
@@ -302,45 +307,58 @@ def plot_training_curves(train_curve: pd.DataFrame, path: str | Path, dpi: int =
     return _save(fig, path, dpi)
 
 
-def plot_reliability(reliability: pd.DataFrame, path: str | Path, dpi: int = 110,
-                     ece: Mapping[str, float] | None = None) -> Path:
-    """Reliability diagram per split: accuracy of each confidence bin as bars over the bin,
-    the gap to the bin's mean confidence in red, and the diagonal of perfect calibration.
+DECODING_LABELS = {"greedy": "greedy answer", "sampled_t1": "one sample at T=1"}
 
-    reliability: metrics/reliability.csv (split, bin, bin_lower, bin_upper, count, confidence,
-    accuracy, gap); empty bins (count 0) are not drawn. ece: split -> expected calibration
+
+def plot_reliability(reliability: pd.DataFrame, path: str | Path, dpi: int = 110,
+                     ece: Mapping[str, Mapping[str, float]] | None = None) -> Path:
+    """Sequence-level reliability diagram per split: the exact match of the answers in each bin of
+    sequence confidence (the model's probability of the whole answer, EOS included) as bars for the
+    greedy answer, and as points for one answer sampled at T=1, beside the diagonal of perfect
+    calibration; the bar's gap to its mean confidence is red.
+
+    reliability: metrics/sequence_reliability.csv (split, operation, decoding, bin_lower, bin_upper,
+    count, confidence, accuracy; only the rows of operation "all" are drawn when the column is
+    there); empty bins (count 0) are not drawn. ece: split -> decoding -> expected calibration
     error, shown in the panel title when given.
     """
-    _require_columns(reliability, ["split", "bin_lower", "bin_upper", "count", "confidence", "accuracy"],
-                     "reliability")
+    _require_columns(reliability, ["split", "decoding", "bin_lower", "bin_upper", "count", "confidence",
+                                   "accuracy"], "reliability")
+    if "operation" in reliability.columns:
+        reliability = reliability[reliability["operation"] == "all"]
     splits = _splits(reliability)
     fig, axes = _figure(1, len(splits), (5.0 * len(splits), 5.0), sharey=True)
     for ax, split in zip(axes[0], splits, strict=True):
-        rows = reliability[(reliability["split"] == split) & (reliability["count"] > 0)]
+        filled = reliability[(reliability["split"] == split) & (reliability["count"] > 0)]
+        rows = filled[filled["decoding"] == "greedy"]
         width = rows["bin_upper"] - rows["bin_lower"]
         ax.bar(rows["bin_lower"], rows["accuracy"], width=width, align="edge", color="tab:blue",
-               edgecolor="black", linewidth=0.5, label="accuracy")
+               edgecolor="black", linewidth=0.5, label=f"exact match, {DECODING_LABELS['greedy']}")
         ax.bar(rows["bin_lower"], rows["confidence"] - rows["accuracy"], bottom=rows["accuracy"], width=width,
                align="edge", color="tab:red", alpha=0.35, edgecolor="tab:red", label="gap to confidence")
+        sampled = filled[filled["decoding"] == "sampled_t1"]
+        ax.plot(sampled["confidence"], sampled["accuracy"], marker="o", linestyle="none", color="tab:orange",
+                label=f"exact match, {DECODING_LABELS['sampled_t1']}")
         ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
         title = SPLIT_TITLES.get(split, split)
         if ece is not None and split in ece:
-            title += f", ECE = {ece[split]:.3f}"
-        ax.set_title(title)
+            title += "\nECE " + ", ".join(f"{DECODING_LABELS.get(d, d)} {v:.3f}" for d, v in ece[split].items())
+        ax.set_title(title, fontsize=9)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_aspect("equal")
-        ax.set_xlabel("confidence (probability of the emitted token)")
-        ax.legend(loc="upper left", fontsize=8)
-    axes[0, 0].set_ylabel("accuracy (fraction correct)")
-    fig.suptitle("Reliability diagram")
+        ax.set_xlabel("sequence confidence (model's probability of the answer)")
+        ax.legend(loc="upper left", fontsize=7)
+    axes[0, 0].set_ylabel("exact match (fraction of answers)")
+    fig.suptitle("Sequence-level reliability diagram")
     return _save(fig, path, dpi)
 
 
 def plot_temperature(temperature: pd.DataFrame, path: str | Path, dpi: int = 110) -> Path:
     """Exact match (left) and mean entropy (right) against the sampling temperature, a line
     per split. temperature: metrics/temperature.csv (split, temperature, exact_match,
-    mean_entropy_bits); temperature 0 is greedy decoding."""
+    mean_entropy_bits); temperature 0 is greedy decoding, whose entropy (of the point mass it
+    samples from) is 0."""
     _require_columns(temperature, ["split", "temperature", "exact_match", "mean_entropy_bits"], "temperature")
     fig, axes = _figure(1, 2, (11.0, 4.5))
     ax_em, ax_h = axes[0]
@@ -353,7 +371,7 @@ def plot_temperature(temperature: pd.DataFrame, path: str | Path, dpi: int = 110
     ax_em.set_ylim(-0.02, 1.02)
     ax_em.set_ylabel("exact match (fraction of problems)")
     ax_em.set_title("Accuracy vs temperature")
-    ax_h.set_ylabel("mean entropy per answer token (bits)")
+    ax_h.set_ylabel("mean entropy of the sampled distribution (bits)")
     ax_h.set_title("Entropy vs temperature")
     for ax in (ax_em, ax_h):
         ax.set_xlabel("sampling temperature (0 = greedy)")

@@ -29,11 +29,18 @@ from language_entropy import tokenizer
 from language_entropy.data import batch_from_tokens, encode_batch
 from language_entropy.errors import UserError
 from language_entropy.losses import AdaptiveEntropyCoefficient, compute_losses, entropy_coefficient
-from language_entropy.measure import greedy_exact_match, teacher_forced_stats
+from language_entropy.measure import continuity_stats, greedy_exact_match, teacher_forced_stats
 from language_entropy.model import ArithmeticDecoder
 from language_entropy.params import LossConfig, ModelConfig, TrainConfig
 
 CURVE_LOSS_COLUMNS = ("loss", "ce_loss", "continuity_loss", "entropy_loss", "entropy_coef")
+EARLY_VALIDATION_STEPS = (0, 25, 50, 100, 200)  # dense at the start: does entropy sit at the digit-blind level?
+
+
+def validation_due(step: int, config: TrainConfig) -> bool:
+    """Whether `fit` validates after `step` training steps: at EARLY_VALIDATION_STEPS (step 0 is the
+    untrained model), every `train.eval_every` steps, and at the last step."""
+    return step in EARLY_VALIDATION_STEPS or step % config.eval_every == 0 or step == config.steps
 
 
 class TrainingDiverged(UserError):
@@ -232,11 +239,16 @@ class Trainer:
         return {**logged, "tokens": float(batch["valid_mask"].sum()) * self.dist.world_size}
 
     def validate(self) -> dict[str, float]:
-        """Validation loss, exact match and answer entropy per step (bits), on the whole val split."""
+        """On the whole val split: loss, exact match, answer entropy per step (bits), and the continuity
+        readings of the representation the continuity loss acts on (`measure.continuity_stats`: its
+        mean l2 norm, l2 and cosine continuity), logged whatever continuity weight and metric train."""
         self.model.eval()
         stats = teacher_forced_stats(self.model, self.val_texts, self.device, batch_size=512)
         exact = greedy_exact_match(self.model, self.val_texts, batch_size=512)
-        row = {"val_loss": stats.ce_nats, "val_exact_match": exact}
+        continuity = continuity_stats(self.model, self.val_texts, self.device, self.loss_config.continuity_on,
+                                      self.loss_config.continuity_positions, batch_size=512)
+        row = {"val_loss": stats.ce_nats, "val_exact_match": exact,
+               **{f"val_{name}": value for name, value in continuity.items()}}
         row.update({f"entropy_step_{k}": bits for k, bits in enumerate(stats.entropy_bits_by_step)})
         return row
 
@@ -250,28 +262,38 @@ class Trainer:
 
     def fit(self, on_eval: Callable[[dict[str, float]], None], on_checkpoint: Callable[[dict], None],
             stop_requested: Callable[[], int | None]) -> TrainResult:
-        """Train from the current step to `config.steps`; evaluate and checkpoint at their intervals."""
+        """Train from the current step to `config.steps`; validate when `validation_due` (step 0 included,
+        before the first update) and checkpoint every `checkpoint_every` steps."""
         config = self.config
         bar = tqdm(total=config.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                    disable=not (self.dist.is_main and sys.stderr.isatty()))
         window_tokens, window_start = 0.0, time.perf_counter()
         clock = window_start  # wall time (training and validation) is added to elapsed_s at each eval
+
+        def evaluate(logged: dict[str, float]) -> None:
+            nonlocal window_tokens, window_start, clock
+            tokens_per_s = window_tokens / (time.perf_counter() - window_start) if window_tokens else math.nan
+            row = {"step": self.step, "tokens_per_s": tokens_per_s, "lr": self.scheduler.get_last_lr()[0],
+                   **{key: logged.get(key, math.nan) for key in CURVE_LOSS_COLUMNS}, **self.validate()}
+            self.elapsed_s += time.perf_counter() - clock
+            clock = time.perf_counter()
+            row["wall_time_s"] = self.elapsed_s
+            self.curve.append(row)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", val_em=f"{row['val_exact_match']:.3f}")
+            on_eval(row)
+            window_tokens, window_start = 0.0, time.perf_counter()
+
+        # Validation on rank 0 alone: the other ranks wait for it in the next step's gradient all-reduce.
+        # Step 0 (the untrained model, no loss yet: NaN loss columns) only when no row has been logged:
+        # a run resumed at step 0 after it was logged does not log it twice.
+        if self.step == 0 and not self.curve and validation_due(0, config) and self.dist.is_main:
+            evaluate({})
         while self.step < config.steps:
             logged = self.train_step()
             window_tokens += logged.pop("tokens")
             bar.update(1)
-            # Validation on rank 0 alone: the other ranks wait for it in the next step's gradient all-reduce.
-            if (self.step % config.eval_every == 0 or self.step == config.steps) and self.dist.is_main:
-                tokens_per_s = window_tokens / (time.perf_counter() - window_start)
-                row = {"step": self.step, "tokens_per_s": tokens_per_s, "lr": self.scheduler.get_last_lr()[0],
-                       **{key: logged[key] for key in CURVE_LOSS_COLUMNS}, **self.validate()}
-                self.elapsed_s += time.perf_counter() - clock
-                clock = time.perf_counter()
-                row["wall_time_s"] = self.elapsed_s
-                self.curve.append(row)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", val_em=f"{row['val_exact_match']:.3f}")
-                on_eval(row)
-                window_tokens, window_start = 0.0, time.perf_counter()
+            if validation_due(self.step, config) and self.dist.is_main:
+                evaluate(logged)
             signum = self._agreed_stop(stop_requested())
             if (self.step % config.checkpoint_every == 0 or signum is not None) and self.dist.is_main:
                 on_checkpoint(self.state())

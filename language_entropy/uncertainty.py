@@ -10,6 +10,8 @@ summaries live in `language_entropy.entropy`.
   (Kuhn, Gal & Farquhar, "Semantic Uncertainty", ICLR 2023; Farquhar et al., "Detecting
   hallucinations in large language models using semantic entropy", Nature 2024).
 - `perplexity`, `digit_accuracy`: plain accuracy and likelihood summaries.
+- `wilson_interval`, `bootstrap_auroc_interval`: how far a proportion or an AUROC can be trusted.
+- `brier_score`, `sequence_calibration`: calibration of one confidence per whole answer.
 
 Entropies are in bits; log-probabilities and negative log-likelihoods are in nats.
 """
@@ -17,6 +19,7 @@ Entropies are in bits; log-probabilities and negative log-likelihoods are in nat
 from __future__ import annotations
 
 import math
+import operator
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -304,3 +307,183 @@ def _binary(values: ArrayLike, name: str) -> np.ndarray:
 def _same_length(a: Sequence | np.ndarray, b: Sequence | np.ndarray, name_a: str, name_b: str) -> None:
     if len(a) != len(b):
         raise ValueError(f"{name_a} and {name_b} must have equal lengths (got {len(a)} and {len(b)})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Readings with their uncertainty (issue 12): intervals and sequence-level calibration
+
+_Z_95 = 1.959963984540054  # the 97.5th percentile of the standard normal
+_BOOTSTRAP_CHUNK = 1_000_000  # resampled values ranked at once: bounds the memory of a bootstrap
+
+
+def wilson_interval(successes: int, n: int, z: float = _Z_95) -> tuple[float, float]:
+    """Wilson score interval for a proportion (Wilson, JASA 1927), 95% with the default `z`.
+
+    successes of n trials (e.g. exact matches of n problems), p = successes / n:
+
+        center = (p + z^2 / (2n)) / (1 + z^2 / n)
+        half   = z / (1 + z^2 / n) * sqrt(p (1 - p) / n + z^2 / (4 n^2))
+
+    and the interval is [center - half, center + half], clipped to [0, 1] against rounding and exactly
+    0 (1) at 0 (n) successes, where the formula gives 0 (1) up to rounding (its
+    bounds are the two proportions pi with (p - pi)^2 = z^2 pi (1 - pi) / n). Unlike p +- z *
+    sqrt(p (1 - p) / n) it has width > 0 at 0 of n and n of n. n = 0 raises ValueError, as do
+    successes outside 0..n and a z that is not positive and finite.
+    """
+    try:
+        successes, n = operator.index(successes), operator.index(n)
+    except TypeError:
+        raise ValueError(f"successes and n must be integers (got {successes!r} and {n!r})") from None
+    if n < 1:
+        raise ValueError(f"wilson_interval needs n >= 1 trials (got {n})")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be in 0..n (got {successes} of {n})")
+    if not (math.isfinite(z) and z > 0):
+        raise ValueError(f"z must be positive and finite (got {z})")
+    p = successes / n
+    denominator = 1.0 + z * z / n
+    center = (p + z * z / (2 * n)) / denominator
+    half = z / denominator * math.sqrt(p * (1.0 - p) / n + z * z / (4 * n * n))
+    low = 0.0 if successes == 0 else max(0.0, center - half)  # exact ends: rounding leaves 1e-17 there
+    high = 1.0 if successes == n else min(1.0, center + half)
+    return low, high
+
+
+def bootstrap_auroc_interval(scores: ArrayLike, labels: ArrayLike, n_boot: int = 1000, seed: int = 0,
+                             level: float = 0.95, groups: ArrayLike | None = None) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of `auroc(scores, labels)`, resampling problems with replacement.
+
+    scores, labels: as for `auroc` (labels 1 where the answer is wrong), one per problem.
+    The resamples are the rows of ``np.random.default_rng(seed).integers(0, n, size=(n_boot, n))``
+    (so the same seed gives the same interval); a resample holding one class only has no AUROC
+    and is skipped. The interval is the (1 - level) / 2 and (1 + level) / 2 quantiles
+    (``np.quantile``, linear interpolation) of the resampled AUROCs, each computed from ranks
+    (Mann-Whitney U with average ranks for ties, equal to `sklearn.metrics.roc_auc_score`).
+
+    groups: optional, one id per item (e.g. the problem of each answer token). Items of one group
+    are not independent, so the groups are resampled instead (a cluster bootstrap): the resamples
+    are the rows of ``integers(0, G, size=(n_boot, G))`` over the G distinct ids (in sorted
+    order), and a group drawn k times enters its resample's AUROC with all its items, k times.
+    With every item its own group this is the plain bootstrap above, resample for resample.
+
+    None when the AUROC itself is undefined (one class only, or no answers), and when no resample
+    holds both classes (possible only with very few problems or resamples). Invalid scores or
+    labels raise ValueError as in `auroc`.
+    """
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1 (got {n_boot})")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1) (got {level})")
+    if auroc(scores, labels).value is None:  # also validates scores and labels
+        return None
+    scores = _vector(scores, "scores")
+    labels = _binary(labels, "labels")
+    n = scores.size
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        resamples = rng.integers(0, n, size=(n_boot, n))  # (n_boot, n) problem indices
+        rows = max(1, _BOOTSTRAP_CHUNK // n)
+        values = np.concatenate([_auroc_by_ranks(scores[chunk], labels[chunk])
+                                 for chunk in np.array_split(resamples, list(range(rows, n_boot, rows)))])
+    else:
+        codes, uniques = pd.factorize(np.asarray(groups), sort=True)
+        if len(codes) != n:
+            raise ValueError(f"groups must have one id per score (got {len(codes)} for {n} scores)")
+        if (codes < 0).any():
+            raise ValueError("groups must not hold missing ids")
+        resamples = rng.integers(0, len(uniques), size=(n_boot, len(uniques)))  # (n_boot, G) group indices
+        rows = max(1, _BOOTSTRAP_CHUNK // max(n, len(uniques)))
+        values = np.concatenate([_grouped_auroc(scores, labels, codes, len(uniques), chunk)
+                                 for chunk in np.array_split(resamples, list(range(rows, n_boot, rows)))])
+    values = values[~np.isnan(values)]  # resamples with a single class
+    if values.size == 0:
+        return None
+    low, high = np.quantile(values, [(1.0 - level) / 2, (1.0 + level) / 2])
+    return float(low), float(high)
+
+
+def brier_score(confidence: ArrayLike, correct: ArrayLike) -> float:
+    """Brier score (Brier, Monthly Weather Review 1950): mean of (confidence - correct)^2.
+
+    confidence: the model's probability that each answer is right, in [0, 1]; correct: 1 (or True)
+    where it is right. 0 is perfect; always answering 0.5 scores 0.25. Empty input, mismatched
+    lengths, confidences outside [0, 1] (or NaN) and labels other than 0/1 raise ValueError.
+    """
+    confidence, correct = _confidence_and_correct(confidence, correct, "brier_score")
+    return float(np.mean((confidence - correct) ** 2))
+
+
+def sequence_calibration(confidence: ArrayLike, correct: ArrayLike, n_bins: int = 15) -> dict:
+    """Calibration of one confidence per answer (a whole sequence, e.g. its probability) against exact match.
+
+    Returns ``{"ece", "brier", "n", "reliability"}``: `expected_calibration_error` with `n_bins`
+    equal-width bins, `brier_score`, the number of answers, and the reliability table of
+    `expected_calibration_error` (columns `RELIABILITY_COLUMNS`).
+    """
+    confidence, correct = _confidence_and_correct(confidence, correct, "sequence_calibration")
+    ece, table = expected_calibration_error(confidence, correct, n_bins=n_bins)
+    return {"ece": ece, "brier": brier_score(confidence, correct), "n": int(confidence.size), "reliability": table}
+
+
+def _confidence_and_correct(confidence: ArrayLike, correct: ArrayLike, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validated (confidence in [0, 1] as floats, correct as 0/1 ints) of equal, non-zero length."""
+    confidence = _vector(confidence, "confidence")
+    correct = _binary(correct, "correct")
+    _same_length(confidence, correct, "confidence", "correct")
+    if confidence.size == 0:
+        raise ValueError(f"{what} needs at least one answer")
+    outside = ~((confidence >= 0.0) & (confidence <= 1.0))  # also catches NaN
+    if outside.any():
+        first = int(np.argmax(outside))
+        raise ValueError(f"confidence must be in [0, 1]: {int(outside.sum())} of {confidence.size} are not, "
+                         f"first {float(confidence[first])} at index {first}")
+    return confidence, correct
+
+
+def _auroc_by_ranks(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """AUROC of each row of `scores` (R, n) as a detector of `labels` (R, n) == 1; NaN for a one-class row.
+
+    Mann-Whitney: with r the rank of each score in its row (1..n, tied scores sharing the average
+    of their ranks) and n1 the row's positives, AUROC = (sum of the positives' r - n1 (n1 + 1) / 2)
+    / (n1 (n - n1)), which counts a tied (positive, negative) pair as 1/2, like `roc_auc_score`.
+    """
+    R, n = scores.shape
+    order = np.argsort(scores, axis=1, kind="stable")  # (R, n)
+    ordered = np.take_along_axis(scores, order, axis=1)  # (R, n) ascending
+    position = np.broadcast_to(np.arange(n), (R, n))
+    starts = np.ones((R, n), dtype=bool)  # a tie group starts here
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    ends = np.ones((R, n), dtype=bool)  # a tie group ends here
+    ends[:, :-1] = starts[:, 1:]
+    first = np.maximum.accumulate(np.where(starts, position, 0), axis=1)  # group's first position
+    last = np.minimum.accumulate(np.where(ends, position, n)[:, ::-1], axis=1)[:, ::-1]  # its last
+    rank = (first + last) / 2.0 + 1.0  # (R, n) average rank, 1-based
+    positive = np.take_along_axis(labels, order, axis=1)  # (R, n) 0/1 in the same order
+    n_pos = positive.sum(axis=1)
+    n_neg = n - n_pos
+    u = (rank * positive).sum(axis=1) - n_pos * (n_pos + 1) / 2.0
+    with np.errstate(invalid="ignore", divide="ignore"):  # one class: 0 / 0 = NaN, as documented
+        return u / (n_pos * n_neg)
+
+
+def _grouped_auroc(scores: np.ndarray, labels: np.ndarray, codes: np.ndarray, n_groups: int,
+                   resamples: np.ndarray) -> np.ndarray:
+    """AUROC of each cluster resample (R, G) of group indices: item i counts as often as its group
+    codes[i] was drawn; NaN for a resample with one class only.
+
+    With w the counts and the distinct scores v ascending, Mann-Whitney with weights:
+    AUROC = sum_v W+(v) (W-(< v) + W-(v) / 2) / (W+ W-), W+(v), W-(v) the weight of the positives
+    and negatives scoring v (a tied pair counts 1/2).
+    """
+    values, level = np.unique(scores, return_inverse=True)  # level: index of each item's score
+    R, U = len(resamples), len(values)
+    draws = np.zeros((R, n_groups))
+    np.add.at(draws, (np.repeat(np.arange(R), resamples.shape[1]), resamples.ravel()), 1.0)
+    weight = draws[:, codes]  # (R, n): how often each item is in each resample
+    cell = (np.arange(R)[:, None] * U + level[None, :]).ravel()  # (R * n,) the (resample, score) of each item
+    positive = np.bincount(cell, weights=(weight * labels).ravel(), minlength=R * U).reshape(R, U)
+    negative = np.bincount(cell, weights=(weight * (1 - labels)).ravel(), minlength=R * U).reshape(R, U)
+    below = np.cumsum(negative, axis=1) - negative  # negatives scoring strictly less
+    pairs = (positive * (below + negative / 2)).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):  # one class: 0 / 0 = NaN, skipped by the caller
+        return pairs / (positive.sum(axis=1) * negative.sum(axis=1))

@@ -64,10 +64,12 @@ def test_split_report_is_internally_consistent(model, frame):
     config = EvalConfig(temperatures=(0.0, 1.0), semantic_problems=20, semantic_samples=3, batch_size=32)
     theory = theoretical_entropy_table(DataConfig(digits=DigitRange(1, 2), ood_digits=DigitRange(3, 3)),
                                        EntropyConfig())
-    report = evaluate_split(model, frame, theory, "in_distribution", config, reverse_answer=True, seed=0)
+    report = evaluate_split(model, frame, theory, config, reverse_answer=True, seed=0)
     summary = report.summary
     assert summary["n_problems"] == 60
     assert summary["temperature"]["0"]["exact_match"] == summary["exact_match"]
+    assert summary["temperature"]["0"]["mean_entropy_bits"] == 0.0  # greedy samples from a point mass
+    assert summary["temperature"]["1"]["mean_entropy_bits"] > 0.0
     per_op = summary["per_operation"]
     assert sum(v["n"] for v in per_op.values()) == 60
     weighted = sum(v["n"] * v["exact_match"] for v in per_op.values()) / 60
@@ -75,19 +77,34 @@ def test_split_report_is_internally_consistent(model, frame):
     assert summary["perplexity"] == pytest.approx(np.exp(summary["nll_nats_per_token"]))
     per_bucket = summary["per_bucket"]
     assert sum(v["n"] for v in per_bucket.values()) == 60
-    assert all(set(v["temperature"]) == {"0", "1"} for v in per_bucket.values())
+    assert all(set(v["temperature"]) == {"0", "0.ci_low", "0.ci_high", "1", "1.ci_low", "1.ci_high"}
+               for v in per_bucket.values())
     assert per_op["add"]["temperature"]["0"] == per_op["add"]["exact_match"]
-    assert report.reliability["count"].sum() == sum(len(a) + 1 for a in expected_answers(frame["text"].tolist()))
-    assert set(summary["auroc"]) == {"semantic_entropy", "semantic_entropy_weighted", "token_entropy", "sequence_nll"}
-    for name, value in summary["auroc"].items():
+    for entry in [summary, *per_op.values(), *per_bucket.values()]:  # every exact match has its interval around it
+        assert entry["exact_match.ci_low"] <= entry["exact_match"] <= entry["exact_match.ci_high"]
+    assert report.token_reliability["count"].sum() == sum(len(a) + 1 for a in expected_answers(frame["text"].tolist()))
+    names = ("semantic_entropy", "semantic_entropy_weighted", "token_entropy", "sequence_nll")
+    assert set(summary["auroc"]) == {f"{n}{s}" for n in names for s in ("", ".ci_low", ".ci_high")}
+    for name in names:
+        value = summary["auroc"][name]
         assert (value is None) == (name in summary["auroc_reason"])
+        if value is not None:
+            assert summary["auroc"][f"{name}.ci_low"] <= value <= summary["auroc"][f"{name}.ci_high"]
+    assert set(summary["sequence_ece"]) == {"greedy", "sampled_t1"}
+    assert set(per_op["add"]["sequence_brier"]) == {"greedy", "sampled_t1"}
+    sequences = report.sequence_reliability
+    assert set(sequences["operation"]) == {"all", "add", "sub"}
+    for (operation, _), rows in sequences.groupby(["operation", "decoding"]):
+        assert rows["count"].sum() == (60 if operation == "all" else per_op[operation]["n"])
+    assert set(summary["token_error_auroc"]) >= {"all", "add", "sub"}
+    assert summary["hidden_norm"] > 0 and summary["continuity_l2"] > 0 and 0 <= summary["continuity_cosine"] <= 2
     steps = report.entropy_by_step
-    expected_levels = theory[(theory["scope"] == "in_distribution") & (theory["step"] == 0)]
-    assert (steps.loc[steps["step"] == 0, "theoretical_marginal_bits"].tolist()
-            == expected_levels.sort_values("operation")["marginal_bits"].tolist())
+    assert {"digit_blind_running_bits", "digit_blind_all_bits", "running_fraction"} <= set(steps.columns)
+    assert not any(column.startswith("theoretical_") for column in steps.columns)
     buckets = report.entropy_by_step_bucket
     one_digit_add = buckets[(buckets["operation"] == "add") & (buckets["a_digits"] == 1) & (buckets["b_digits"] == 1)]
     # the first emitted digit of a one-digit sum, units first, takes each of 0-9 equally often: log2(10)
-    assert one_digit_add.loc[one_digit_add["step"] == 0, "theoretical_marginal_bits"].item() == pytest.approx(
+    assert one_digit_add.loc[one_digit_add["step"] == 0, "digit_blind_running_bits"].item() == pytest.approx(
         np.log2(10))
-    assert list(report.temperature.columns) == ["temperature", "exact_match", "mean_entropy_bits"]
+    assert list(report.temperature.columns) == ["temperature", "exact_match", "exact_match_ci_low",
+                                                "exact_match_ci_high", "mean_entropy_bits"]

@@ -52,15 +52,21 @@ def force_eos_after_seven(model: ArithmeticDecoder):
     return model.lm_head.register_forward_hook(hook)
 
 
+def without_pad_and_bos(logits: torch.Tensor) -> torch.Tensor:
+    """Generation's mask, written out independently: PAD and BOS logits (last dim) set to -inf."""
+    return logits.index_fill(-1, torch.tensor([PAD_ID, BOS_ID], device=logits.device), float("-inf"))
+
+
 def greedy_by_recomputation(model, prompts, max_new_tokens):
     """The reference: run the whole sequence again for every new token, no cache."""
     seq, finished = prompts, torch.zeros(len(prompts), dtype=torch.bool, device=prompts.device)
     tokens, probs, hidden = [], [], []
     for _ in range(max_new_tokens):
         logits, states = model(seq, return_hidden=True)
-        token = torch.where(finished, PAD_ID, logits[:, -1].argmax(-1))
+        last = without_pad_and_bos(logits[:, -1])  # (B, V)
+        token = torch.where(finished, PAD_ID, last.argmax(-1))
         tokens.append(token)
-        probs.append(F.softmax(logits[:, -1], dim=-1))
+        probs.append(F.softmax(last, dim=-1))
         hidden.append([h[:, -1] for h in states])
         finished |= token == EOS_ID
         if finished.all():
@@ -216,7 +222,7 @@ def test_top_k_one_and_tiny_top_p_equal_greedy():
 def test_probs_are_before_filtering_and_at_temperature():
     model = chaotic_model("abacus", seed=5)
     prompts = random_prompts(4, 2, 2, seed=0)
-    logits = model(prompts)[:, -1]
+    logits = without_pad_and_bos(model(prompts)[:, -1])  # generation never picks PAD or BOS
     out = model.generate(prompts, 1, temperature=2.0, top_k=2, return_probs=True,
                          generator=torch.Generator().manual_seed(0))
     assert torch.allclose(out.probs[:, 0], F.softmax(logits / 2.0, dim=-1))
@@ -255,6 +261,45 @@ def test_generate_batched_keeps_the_original_order():
         assert (out.tokens[row, steps:] == PAD_ID).all()
         assert torch.allclose(out.probs[row, :steps].double(), single.probs[0], atol=1e-6)
         assert torch.allclose(out.hidden[-1][row, :steps].double(), single.hidden[-1][0], atol=1e-5)
+
+
+def favour_pad_then(model: ArithmeticDecoder, answer: str):
+    """Logits hook: PAD (+1000) and then BOS (+900) have by far the largest logits at every step;
+    after them, step s favours (+50) the s-th token of `answer` + EOS, cycling, so that every
+    `generate` call that reaches the final EOS uses exactly len(answer) + 1 steps."""
+    wanted = [*encode(answer), EOS_ID]
+    calls = []
+
+    def hook(module, inputs, logits):
+        bias = torch.zeros(VOCAB_SIZE, dtype=logits.dtype, device=logits.device)
+        bias[wanted[len(calls) % len(wanted)]] = 50.0
+        bias[PAD_ID], bias[BOS_ID] = 1000.0, 900.0
+        calls.append(None)
+        return logits + bias
+    return model.lm_head.register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("sampling", [dict(), dict(temperature=1.0), dict(temperature=1.5, top_k=3, top_p=0.9)],
+                         ids=["greedy", "sampled", "top-k-top-p"])
+def test_generation_never_emits_pad_or_bos(sampling):
+    torch.manual_seed(0)
+    model = ArithmeticDecoder(ModelConfig(pos_encoding="abacus", **SMALL)).eval()
+    prompts = [row.tolist() for row in random_prompts(5, 3, 2, seed=1)]
+    prompts += [row.tolist() for row in random_prompts(3, 1, 1, seed=2)]
+    hook = favour_pad_then(model, "407")
+    unmasked = model(torch.tensor(prompts[:5]))[:, -1]
+    hook.remove()
+    assert (unmasked.argmax(-1) == PAD_ID).all()  # the model itself would answer PAD
+    assert (unmasked.topk(2).indices[:, 1] == BOS_ID).all()  # and then BOS
+    hook = favour_pad_then(model, "407")
+    out = generate_batched(model, prompts, batch_size=3, max_new_tokens=6, return_probs=True,
+                           generator=torch.Generator().manual_seed(0), **sampling)
+    hook.remove()
+    answer = encode("407") + [EOS_ID, PAD_ID, PAD_ID]  # digits, EOS, then only the batch padding
+    assert out.tokens.tolist() == [answer] * len(prompts)
+    emitted = out.probs[:, :4]  # (B, 4, V): the steps that chose 4, 0, 7 and EOS
+    assert (emitted[..., [PAD_ID, BOS_ID]] == 0).all()  # the distribution sampled from: PAD and BOS masked
+    assert torch.allclose(emitted.sum(-1), torch.ones(len(prompts), 4))
 
 
 # --- CUDA (skipped without a GPU) ----------------------------------------------------------------------

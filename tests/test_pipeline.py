@@ -26,12 +26,18 @@ def test_repro_then_experiment_skips_unchanged_stages(tiny_project):
         assert f"Running stage '{stage}'" in repro.stdout
     report = json.loads((tiny_project / "metrics" / "eval.json").read_text())
     for split in ("test", "test_ood"):
-        for key in ("exact_match", "perplexity", "ece"):
+        for key in ("exact_match", "exact_match.ci_low", "exact_match.ci_high", "perplexity", "token_ece",
+                    "hidden_norm", "continuity_l2", "continuity_cosine"):
             assert 0 <= report[split][key] < float("inf")
-        assert set(report[split]["auroc"]) >= {"semantic_entropy", "token_entropy"}
+        assert set(report[split]["sequence_ece"]) == {"greedy", "sampled_t1"}
+        assert set(report[split]["auroc"]) >= {"semantic_entropy", "semantic_entropy.ci_low", "token_entropy"}
+        assert set(report[split]["token_error_auroc"]) >= {"all", "add", "sub"}
         assert set(report[split]["per_operation"]) == {"add", "sub"}
     curve = pd.read_csv(tiny_project / "metrics" / "train_curve.csv")
-    assert curve["step"].tolist() == [10, 20]
+    assert curve["step"].tolist() == [0, 10, 20]  # step 0 and the early schedule's steps <= train.steps
+    by_step = pd.read_csv(tiny_project / "metrics" / "entropy_by_step.csv")
+    assert {"digit_blind_running_bits", "digit_blind_all_bits"} <= set(by_step.columns)
+    assert (tiny_project / "metrics" / "sequence_reliability.csv").exists()
 
     experiment = run(["dvc", "exp", "run", "-S", "loss.entropy_weight=0.2"], tiny_project)
     for stage in ("generate-data", "compute-theoretical-entropy"):

@@ -86,15 +86,15 @@ def test_digit_geometry(tmp_path):
 
 def test_entropy_by_step(tmp_path):
     rows = [{"split": split, "operation": op, "step": step, "model_entropy_bits": 0.5 / (step + 1),
-             "theoretical_marginal_bits": 3.3 - 0.2 * step, "theoretical_conditional_bits": 0.1 * step,
-             "accuracy": 0.9}
+             "digit_blind_running_bits": 3.3 - 0.2 * step, "digit_blind_all_bits": 3.2 - 0.2 * step,
+             "running_fraction": 1.0, "accuracy": 0.9}
             for split in ("test_ood", "test") for op in ("add", "sub") for step in range(4)]
     _assert_png(plots.plot_entropy_by_step(pd.DataFrame(rows), tmp_path / "by_step.png", dpi=DPI), 11.0, 4.5)
 
 
 def test_entropy_during_training(tmp_path):
-    theory = pd.DataFrame({"step": range(11), "marginal_bits": 3.0, "conditional_bits": np.linspace(0, 1, 11)})
-    path = plots.plot_entropy_during_training(_train_curve(), theory, tmp_path / "during.png", dpi=DPI)
+    reference = pd.DataFrame({"step": range(11), "digit_blind_running_bits": np.linspace(0, 1, 11)})
+    path = plots.plot_entropy_during_training(_train_curve(), reference, tmp_path / "during.png", dpi=DPI)
     _assert_png(path, 9.0, 5.0)
     _assert_png(plots.plot_entropy_during_training(_train_curve(), None, tmp_path / "none.png", dpi=DPI), 9.0, 5.0)
 
@@ -110,11 +110,13 @@ def test_training_curves(tmp_path):
 
 def test_reliability(tmp_path):
     edges = np.linspace(0, 1, 6)
-    rows = [{"split": split, "bin": b, "bin_lower": edges[b], "bin_upper": edges[b + 1], "count": 0 if b == 0 else 50,
-             "confidence": edges[b] + 0.1, "accuracy": edges[b] + 0.05, "gap": 0.05}
-            for split in ("test", "test_ood") for b in range(5)]
+    rows = [{"split": split, "operation": op, "decoding": decoding, "bin": b, "bin_lower": edges[b],
+             "bin_upper": edges[b + 1], "count": 0 if b == 0 else 50, "confidence": edges[b] + 0.1,
+             "accuracy": edges[b] + 0.05, "gap": 0.05}
+            for split in ("test", "test_ood") for op in ("all", "add") for decoding in ("greedy", "sampled_t1")
+            for b in range(5)]
     path = plots.plot_reliability(pd.DataFrame(rows), tmp_path / "reliability.png", dpi=DPI,
-                                  ece={"test": 0.05, "test_ood": 0.1})
+                                  ece={"test": {"greedy": 0.05, "sampled_t1": 0.02}, "test_ood": {"greedy": 0.1}})
     _assert_png(path, 10.0, 5.0)
 
 

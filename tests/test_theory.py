@@ -79,6 +79,9 @@ def assert_matches(result: theory.StepEntropies, answers: Mapping) -> None:
     marginal, conditional, _ = brute_entropies(answers)
     np.testing.assert_allclose(result.marginal_bits, marginal, rtol=0, atol=TOLERANCE)
     np.testing.assert_allclose(result.conditional_bits, conditional, rtol=0, atol=TOLERANCE)
+    total = sum(answers.values())  # the answers still running at step t: their '$' comes at t or later
+    running = [sum(w for text, w in answers.items() if len(text) > t) / total for t in range(len(marginal))]
+    np.testing.assert_allclose(result.running_fraction, running, rtol=0, atol=TOLERANCE)
 
 
 # ------------------------------------------------------------------------------------------- exactness
@@ -237,7 +240,7 @@ def test_levels_of_a_bucket_and_a_mixture():
     data = DataConfig(operations=("add", "mul"), digits=DigitRange(1, 2), ood_digits=DigitRange(3, 3))
     table = theory.theoretical_entropy_table(data, ENUMERATE)
     mixture = theory.theoretical_levels(table, "in_distribution", "add")
-    assert list(mixture.columns) == ["step", "marginal_bits", "conditional_bits"]
+    assert list(mixture.columns) == ["step", "marginal_bits", "conditional_bits", "running_fraction"]
     assert mixture["step"].tolist() == list(range(4))  # the longest answer, 99+99 -> "891$", ends at step 3
     bucket = theory.theoretical_levels(table, "bucket", "mul", 3, 3)
     assert bucket["conditional_bits"].sum() == pytest.approx(entropy_bits(brute_answers("mul", 3, 3, True).values()),

@@ -90,7 +90,7 @@ def test_kill_9_then_resume_gives_bit_identical_weights(tmp_path):
     expected, got = weights(reference / "models" / "model.pt"), weights(crashed / "models" / "model.pt")
     assert all(torch.equal(expected[name], got[name]) for name in expected)
     curve = (crashed / "metrics" / "train_curve.csv").read_text()
-    assert curve.count("\n") == 1 + 4  # header + steps 100..400, the resumed run continued the same curve
+    assert curve.count("\n") == 1 + 7  # header + steps 0, 25, 50, 100..400: the resumed run continued the curve
     assert run_status(crashed) == ["FINISHED"]  # one MLflow run, continued
 
 

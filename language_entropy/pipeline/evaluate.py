@@ -18,7 +18,7 @@ from language_entropy.errors import UserError
 from language_entropy.evaluation import SPLIT_NAMES, evaluate_split, flatten_numbers
 from language_entropy.measure import expected_answers, generation_prompts
 from language_entropy.model import ArithmeticDecoder, generate_batched
-from language_entropy.params import Params
+from language_entropy.params import LossConfig, Params
 from language_entropy.problems import reorder_answer
 from language_entropy.theory import load_theoretical_entropy
 from language_entropy.uncertainty import RELIABILITY_COLUMNS
@@ -49,6 +49,19 @@ def print_generation_steps(model: ArithmeticDecoder, frame: pd.DataFrame, revers
 
 
 
+STEP_COLUMNS = ["step", "model_entropy_bits", "digit_blind_running_bits", "digit_blind_all_bits", "running_fraction",
+                "accuracy", "n_tokens"]
+TABLES = {  # file -> (SplitReport attribute, columns after "split")
+    "entropy_by_step.csv": ("entropy_by_step", ["operation", *STEP_COLUMNS]),
+    "entropy_by_step_bucket.csv": ("entropy_by_step_bucket", ["operation", "a_digits", "b_digits", *STEP_COLUMNS]),
+    "token_reliability.csv": ("token_reliability", list(RELIABILITY_COLUMNS)),
+    "sequence_reliability.csv": ("sequence_reliability", ["operation", "decoding", *RELIABILITY_COLUMNS,
+                                                          "accuracy_ci_low", "accuracy_ci_high"]),
+    "temperature.csv": ("temperature", ["temperature", "exact_match", "exact_match_ci_low", "exact_match_ci_high",
+                                        "mean_entropy_bits"]),
+}
+
+
 def run_evaluation(params: Params, checkpoint: Path, samples: int | None, verbosity: int) -> dict:
     """The evaluate stage: measure the checkpoint on test and OOD, write metrics, log to its MLflow run."""
     samples = samples if samples is not None else params.eval.samples
@@ -61,42 +74,41 @@ def run_evaluation(params: Params, checkpoint: Path, samples: int | None, verbos
     model = load_model(payload, device).eval()
     theory_path = Path(params.paths.metrics) / "theoretical_entropy.csv"
     theory = load_theoretical_entropy(theory_path)
-    frames = {name: read_split(params.paths.data, split) for name, (split, _) in SPLIT_NAMES.items()}
+    frames = {name: read_split(params.paths.data, split) for name, split in SPLIT_NAMES.items()}
     experiment_id = tracking.connect(params.mlflow.experiment)  # before the work: a bad server fails fast
     if samples is not None and samples > min(len(frame) for frame in frames.values()):
         sizes = ", ".join(f"{name}: {len(frame)}" for name, frame in frames.items())
         print(f"--samples {samples} is more than some split holds ({sizes}): those are used whole", file=sys.stderr)
+    # the representation the trained model's continuity loss acted on (the defaults for an older checkpoint)
+    trained = payload.get("params", {})
+    continuity_on = trained.get("loss.continuity_on", LossConfig.continuity_on)
+    continuity_positions = trained.get("loss.continuity_positions", LossConfig.continuity_positions)
 
-    report, by_step, by_step_bucket, reliability, temperature = {}, [], [], [], []
-    for name, (_, scope) in SPLIT_NAMES.items():
+    report = {}
+    tables: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
+    for name in SPLIT_NAMES:
         frame = frames[name].iloc[:samples].reset_index(drop=True)
         if verbosity > 0 and name == "test":
             print_generation_steps(model, frame, params.data.reverse_answer, count=min(10, len(frame)))
-        split_report = evaluate_split(model, frame, theory, scope, params.eval, params.data.reverse_answer,
-                                      params.seed)
+        split_report = evaluate_split(model, frame, theory, params.eval, params.data.reverse_answer, params.seed,
+                                      continuity_on, continuity_positions)
         report[name] = split_report.summary
-        by_step.append(split_report.entropy_by_step.assign(split=name))
-        by_step_bucket.append(split_report.entropy_by_step_bucket.assign(split=name))
-        reliability.append(split_report.reliability.assign(split=name))
-        temperature.append(split_report.temperature.assign(split=name))
+        for file_name, (attribute, _) in TABLES.items():
+            tables[file_name].append(getattr(split_report, attribute).assign(split=name))
         if verbosity >= 0:
             summary = split_report.summary
-            print(f"{name}: exact match {summary['exact_match']:.4f}  perplexity {summary['perplexity']:.4f}  "
-                  f"ECE {summary['ece']:.4f}  AUROC(semantic entropy) {summary['auroc']['semantic_entropy']}")
+            print(f"{name}: exact match {summary['exact_match']:.4f} [{summary['exact_match.ci_low']:.4f}, "
+                  f"{summary['exact_match.ci_high']:.4f}]  perplexity {summary['perplexity']:.4f}  "
+                  f"sequence ECE (greedy) {summary['sequence_ece']['greedy']:.4f}  "
+                  f"AUROC(semantic entropy) {summary['auroc']['semantic_entropy']}")
 
     metrics_dir = Path(params.paths.metrics)
-    step_columns = ["step", "model_entropy_bits", "theoretical_marginal_bits", "theoretical_conditional_bits",
-                    "accuracy"]
-    tables = {"entropy_by_step.csv": (by_step, ["split", "operation", *step_columns]),
-              "entropy_by_step_bucket.csv": (by_step_bucket, ["split", "operation", "a_digits", "b_digits",
-                                                              *step_columns]),
-              "reliability.csv": (reliability, ["split", *RELIABILITY_COLUMNS]),
-              "temperature.csv": (temperature, ["split", "temperature", "exact_match", "mean_entropy_bits"])}
     written = [metrics_dir / "eval.json"]
     metrics_dir.mkdir(parents=True, exist_ok=True)
     written[0].write_text(json.dumps(report, indent=2, default=float) + "\n")
-    for file_name, (parts, columns) in tables.items():
-        pd.concat(parts, ignore_index=True)[columns].to_csv(metrics_dir / file_name, index=False)
+    for file_name, (_, columns) in TABLES.items():
+        pd.concat(tables[file_name], ignore_index=True)[["split", *columns]].to_csv(metrics_dir / file_name,
+                                                                                    index=False)
         written.append(metrics_dir / file_name)
 
     tracking.start_pipeline_run(experiment_id, payload.get("mlflow_run_id"), params.flat())

@@ -13,11 +13,12 @@ from language_entropy.checkpoint import load_checkpoint, load_model
 from language_entropy.data import prompt_of, read_split
 from language_entropy.devices import select_device
 from language_entropy.errors import UserError
+from language_entropy.evaluation import digit_blind_levels
 from language_entropy.measure import generation_prompts, greedy_right
 from language_entropy.model import ArithmeticDecoder, generate_batched
 from language_entropy.params import Params
 from language_entropy.problems import reorder_answer
-from language_entropy.theory import load_theoretical_entropy, theoretical_levels
+from language_entropy.theory import load_theoretical_entropy
 
 
 def pick_problems(frame: pd.DataFrame, right: pd.Series, count: int) -> pd.DataFrame:
@@ -74,17 +75,17 @@ def run_visualization(params: Params) -> list[Path]:
     experiment_id = tracking.connect(params.mlflow.experiment)  # before the work: a bad server fails fast
     metrics, out, dpi = Path(params.paths.metrics), Path(params.paths.plots), params.viz.dpi
     tables = {}
-    for name, stage in (("train_curve", "train"), ("entropy_by_step", "evaluate"), ("reliability", "evaluate"),
-                        ("temperature", "evaluate")):
+    for name, stage in (("train_curve", "train"), ("entropy_by_step", "evaluate"),
+                        ("sequence_reliability", "evaluate"), ("temperature", "evaluate")):
         path = metrics / f"{name}.csv"
         if not path.exists():
             raise UserError(f"{path} not found: run `dvc repro {stage}` first")
         tables[name] = pd.read_csv(path)
     report = read_report(metrics / "eval.json")
     theory = load_theoretical_entropy(metrics / "theoretical_entropy.csv")
-    operations = sorted(read_split(params.paths.data, "val")["op"].unique())
-    mixture = (pd.concat([theoretical_levels(theory, "in_distribution", op) for op in operations])
-               .groupby("step", as_index=False).mean())  # the prompt names the operation: average the levels
+    # validation entropy per step is a mean over every val answer still running: the matching reference
+    # mixes the val split's buckets (both operations) with the same weights
+    reference = digit_blind_levels(theory, read_split(params.paths.data, "val"), [])
 
     problems = pd.concat([read_split(params.paths.data, split) for split in ("test", "ood")], ignore_index=True)
     trajectories = collect_trajectories(model, problems, list(params.viz.layers), params.viz.trajectories,
@@ -94,10 +95,10 @@ def run_visualization(params: Params) -> list[Path]:
         plots.plot_trajectories(trajectories, list(params.viz.layers), out / "trajectories.png", dpi),
         plots.plot_digit_geometry(digits, out / "digit_geometry.png", dpi),
         plots.plot_entropy_by_step(tables["entropy_by_step"], out / "entropy_by_step.png", dpi),
-        plots.plot_entropy_during_training(tables["train_curve"], mixture, out / "entropy_during_training.png", dpi),
+        plots.plot_entropy_during_training(tables["train_curve"], reference, out / "entropy_during_training.png", dpi),
         plots.plot_training_curves(tables["train_curve"], out / "training_curves.png", dpi),
-        plots.plot_reliability(tables["reliability"], out / "reliability.png", dpi,
-                               ece={split: report[split]["ece"] for split in report}),
+        plots.plot_reliability(tables["sequence_reliability"], out / "reliability.png", dpi,
+                               ece={split: report[split]["sequence_ece"] for split in report}),
         plots.plot_temperature(tables["temperature"], out / "temperature.png", dpi),
     ]
     tracking.start_pipeline_run(experiment_id, payload.get("mlflow_run_id"), params.flat())

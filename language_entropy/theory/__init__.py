@@ -14,6 +14,14 @@ distribution over 13 symbols (``SYMBOLS``). Steps run from 0 to the step of the 
 * ``marginal_bits[t] = H(Y_t)``: what is left to a predictor that knows only the step;
 * ``conditional_bits[t] = H(Y_t | Y_<t) = H(Y_<=t) - H(Y_<t)``: what is left to a predictor that sees
   the answer prefix (not the operands). The steps sum to the entropy of the whole answer string.
+* ``running_fraction[t] = P(Y_t != ended)``: the fraction of answers still running at step t (their
+  '$' is at step t or later). An ended answer emits "ended" with certainty, so the conditional
+  entropy over the answers still running is ``conditional_bits[t] / running_fraction[t]``.
+
+Within one bucket, ``conditional_bits`` is the entropy left to a *digit-blind* predictor: one that
+reads the operation and both operand lengths from the prompt, and the answer so far, but not the
+operands' digits. The evaluate stage mixes the buckets with the weights of each split
+(`language_entropy.evaluation.digit_blind_levels`).
 
 Mixtures (scope ``in_distribution``: lengths from ``data.digits``; ``ood``: from ``data.ood_digits``;
 one per operation) weight every bucket equally, as the lengths are drawn: the marginal is the entropy

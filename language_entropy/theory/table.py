@@ -22,8 +22,8 @@ from language_entropy.theory.monte_carlo import MC_SEED, plugin_conditionals, pl
 CSV_NAME = "theoretical_entropy.csv"
 JSON_NAME = "theoretical_entropy.json"
 SCOPES = ("bucket", "in_distribution", "ood")
-COLUMNS = ("scope", "operation", "a_digits", "b_digits", "step", "marginal_bits", "conditional_bits", "method",
-           "stderr_bits", "conditional_stderr_bits", "note")
+COLUMNS = ("scope", "operation", "a_digits", "b_digits", "step", "marginal_bits", "conditional_bits",
+           "running_fraction", "method", "stderr_bits", "conditional_stderr_bits", "note")
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,11 @@ class StepEntropies:
     notes: tuple[str, ...]
     samples: int = 0  # Monte Carlo samples behind the distributions (0: exact)
     answers: tuple[np.ndarray, np.ndarray] | None = None  # (answers, probabilities) when enumerated exactly
+
+    @property
+    def running_fraction(self) -> np.ndarray:
+        """P(the answer is still running at step t) = 1 - P(Y_t = ended): it emits a digit, '-' or '$' there."""
+        return 1.0 - self.distributions[:, ENDED]
 
     @property
     def steps(self) -> int:
@@ -147,7 +152,8 @@ def mixture_entropy(op: str, lengths: DigitRange, reverse: bool, config: Entropy
 def _rows(scope: str, op: str, ab: tuple[int, int] | tuple[None, None], result: StepEntropies) -> list[dict]:
     return [{"scope": scope, "operation": op, "a_digits": ab[0], "b_digits": ab[1], "step": t,
              "marginal_bits": result.marginal_bits[t], "conditional_bits": result.conditional_bits[t],
-             "method": result.method, "stderr_bits": result.marginal_stderr_bits[t],
+             "running_fraction": result.running_fraction[t], "method": result.method,
+             "stderr_bits": result.marginal_stderr_bits[t],
              "conditional_stderr_bits": result.conditional_stderr_bits[t], "note": result.notes[t]}
             for t in range(result.steps)]
 
@@ -197,7 +203,8 @@ def load_theoretical_entropy(path: str | Path) -> pd.DataFrame:
 
 def theoretical_levels(table: pd.DataFrame, scope: str, operation: str, a_digits: int | None = None,
                        b_digits: int | None = None) -> pd.DataFrame:
-    """Columns step, marginal_bits, conditional_bits of one bucket (scope "bucket") or mixture, by step."""
+    """Columns step, marginal_bits, conditional_bits, running_fraction of one bucket (scope "bucket") or
+    mixture, by step."""
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {list(SCOPES)} (got {scope!r})")
     if (scope == "bucket") != (a_digits is not None and b_digits is not None):
@@ -205,7 +212,10 @@ def theoretical_levels(table: pd.DataFrame, scope: str, operation: str, a_digits
     rows = (table["scope"] == scope) & (table["operation"] == operation)
     if scope == "bucket":
         rows &= (table["a_digits"] == a_digits) & (table["b_digits"] == b_digits)
-    levels = table.loc[rows.fillna(False), ["step", "marginal_bits", "conditional_bits"]]
+    if "running_fraction" not in table.columns:
+        raise UserError("the theoretical-entropy table has no running_fraction column (written by older code): "
+                        "rerun `dvc repro compute-theoretical-entropy`")
+    levels = table.loc[rows.fillna(False), ["step", "marginal_bits", "conditional_bits", "running_fraction"]]
     if levels.empty:
         where = f"{operation} {a_digits}x{b_digits}" if scope == "bucket" else f"{scope} {operation}"
         raise UserError(f"no theoretical entropy for {where}: rerun `dvc repro compute-theoretical-entropy` "
