@@ -158,6 +158,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     eval_every: int = 500
+    log_every: int = 25  # training loss and learning rate as MLflow step metrics (validation: eval_every)
     checkpoint_every: int = 1000
     device: str = "auto"
     compile: bool = False
@@ -165,7 +166,7 @@ class TrainConfig:
     threads: int | str = "auto"  # intra-op CPU threads of every stage: "auto" = every core this process may use
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "nproc_per_node"):
+        for name in ("steps", "batch_size", "eval_every", "log_every", "checkpoint_every", "nproc_per_node"):
             _require(getattr(self, name) >= 1, name, "must be >= 1", getattr(self, name))
         _require(self.lr > 0, "lr", "must be > 0", self.lr)
         _require(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", "must be in [0, 1]", self.min_lr_ratio)

@@ -89,7 +89,7 @@ METRIC_LABELS = {
 TRAINING_SECTIONS = ("data", "model", "loss", "train")
 # How a run was executed or logged, not what was trained: runs that differ only here are seeds of one configuration.
 EXECUTION_PARAMS = ("train.device", "train.nproc_per_node", "train.compile", "train.threads", "train.threads_resolved",
-                    "train.eval_every",
+                    "train.eval_every", "train.log_every",
                     "train.checkpoint_every")
 STUDY_TAG = "study"
 DERIVED_TAG = "train_run_id"

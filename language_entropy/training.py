@@ -261,9 +261,11 @@ class Trainer:
         return int(flag.item()) or None
 
     def fit(self, on_eval: Callable[[dict[str, float]], None], on_checkpoint: Callable[[dict], None],
-            stop_requested: Callable[[], int | None]) -> TrainResult:
+            stop_requested: Callable[[], int | None],
+            on_log: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
         """Train from the current step to `config.steps`; validate when `validation_due` (step 0 included,
-        before the first update) and checkpoint every `checkpoint_every` steps."""
+        before the first update), checkpoint every `checkpoint_every` steps, and hand the training loss
+        terms and learning rate to `on_log` every `log_every` steps (cheap: no validation)."""
         config = self.config
         bar = tqdm(total=config.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                    disable=not (self.dist.is_main and sys.stderr.isatty()))
@@ -292,6 +294,9 @@ class Trainer:
             logged = self.train_step()
             window_tokens += logged.pop("tokens")
             bar.update(1)
+            if on_log is not None and self.step % config.log_every == 0 and self.dist.is_main:
+                on_log(self.step, {**{f"train_{key}": logged[key] for key in CURVE_LOSS_COLUMNS},
+                                   "lr": self.scheduler.get_last_lr()[0]})
             if validation_due(self.step, config) and self.dist.is_main:
                 evaluate(logged)
             signum = self._agreed_stop(stop_requested())

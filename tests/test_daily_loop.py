@@ -3,6 +3,7 @@
 import mlflow
 import pytest
 from conftest import run
+from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +34,10 @@ def test_mlflow_runs_are_named_after_the_dvc_experiment_and_the_swept_values(tin
     mlflow.set_tracking_uri(f"sqlite:///{tiny_project / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["tiny"]).set_index("tags.dvc_exp_name")
     assert runs.loc["workspace", "tags.mlflow.runName"] == "workspace"
+    history = MlflowClient().get_metric_history(runs.loc["workspace", "run_id"], "train_loss")
+    assert [point.step for point in history] == [5, 10, 15, 20]  # train.log_every: 5 in the tiny params
+    assert [point.step for point in MlflowClient().get_metric_history(runs.loc["workspace", "run_id"], "lr")] == \
+        [5, 10, 15, 20]
     assert runs.loc["workspace", "tags.swept"] == "none"
     experiment = next(name for name in runs.index if name != "workspace")
     assert runs.loc[experiment, "tags.mlflow.runName"] == f"{experiment} loss.entropy_weight=0.2"

@@ -26,7 +26,13 @@ from language_entropy.devices import select_device
 from language_entropy.errors import UserError
 from language_entropy.params import ModelConfig, Params
 from language_entropy.pipeline.deps import ROOT, stage_files
-from language_entropy.training import Distributed, Trainer, TrainingDiverged, TrainingInterrupted
+from language_entropy.training import (
+    CURVE_LOSS_COLUMNS,
+    Distributed,
+    Trainer,
+    TrainingDiverged,
+    TrainingInterrupted,
+)
 
 TRAIN_SCRIPT = "stages/train.py"
 RESOLVED_THREADS_PARAM = "train.threads_resolved"  # the thread count `train.threads` resolved to, in MLflow
@@ -139,8 +145,13 @@ def run_training(params: Params, base: Path | None = None) -> Path:
         why = f"continuing from --base {base}: {trainer.load_base(base_payload)}"
     run_id = state.get("mlflow_run_id") if state else None
 
+    def on_log(step: int, values: dict[str, float]) -> None:
+        tracking.log_metrics({k: v for k, v in values.items() if math.isfinite(v)}, step=step)
+
     def on_eval(row: dict[str, float]) -> None:
-        tracking.log_metrics({k: v for k, v in row.items() if k != "step" and math.isfinite(v)}, step=int(row["step"]))
+        # the training terms and lr go to MLflow through on_log (every train.log_every steps), the rest here
+        validation = {k: v for k, v in row.items() if k not in ("step", "lr", *CURVE_LOSS_COLUMNS)}
+        tracking.log_metrics({k: v for k, v in validation.items() if math.isfinite(v)}, step=int(row["step"]))
         if not sys.stderr.isatty():
             print(f"step {int(row['step'])}/{params.train.steps}  loss {row['loss']:.4f}  "
                   f"val_loss {row['val_loss']:.4f}  val_exact_match {row['val_exact_match']:.4f}  "
@@ -164,7 +175,7 @@ def run_training(params: Params, base: Path | None = None) -> Path:
                     tracking.log_dataset(frame, split_path(params.paths.data, name), name)
                 on_checkpoint(trainer.state())  # the run id is on disk from the start: a kill resumes this run
         with StopSignals() as stop:
-            result = trainer.fit(on_eval, on_checkpoint, stop)
+            result = trainer.fit(on_eval, on_checkpoint, stop, on_log)
     except TrainingInterrupted as interrupted:
         if dist_info.is_main:
             tracking.end_run(status="KILLED")
