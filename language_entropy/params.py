@@ -224,9 +224,13 @@ class VizConfig:
 @dataclass(frozen=True)
 class MlflowConfig:
     experiment: str = "language-entropy"
+    study: str | None = None  # when set, every run is tagged `study` with it: stages/compare.py --study selects them
 
     def __post_init__(self):
         _require(bool(self.experiment.strip()), "experiment", "must not be empty", self.experiment)
+        if self.study is not None:
+            _require(bool(self.study.strip()) and "/" not in self.study, "study",
+                     "must be a non-empty name without '/' (it names reports/<study>/) or null", self.study)
 
 
 @dataclass(frozen=True)

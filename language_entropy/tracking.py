@@ -159,11 +159,14 @@ def run_tags(flat_params: dict[str, object]) -> dict[str, str]:
     commit = git_commit(project_root())
     baseline = os.environ.get("DVC_EXP_BASELINE_REV") or commit
     experiment = os.environ.get("DVC_EXP_NAME") or "workspace"
-    swept = swept_values(flat_params, baseline)
+    swept = {key: value for key, value in swept_values(flat_params, baseline).items() if not key.startswith("mlflow.")}
     described = " ".join(f"{key}={value}" for key, value in swept.items())
-    return {"git_commit": commit, PARAMS_DIGEST_TAG: params_digest(flat_params), "dvc_exp_name": experiment,
+    tags = {"git_commit": commit, PARAMS_DIGEST_TAG: params_digest(flat_params), "dvc_exp_name": experiment,
             "dvc_exp_baseline_rev": baseline, "swept": described or "none",
             "mlflow.runName": f"{experiment} {described}".strip()}
+    if flat_params.get("mlflow.study"):
+        tags["study"] = str(flat_params["mlflow.study"])
+    return tags
 
 
 @retry_locked
