@@ -99,6 +99,17 @@ def _colours(n: int) -> list:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
+ENTROPY_LINEAR_BELOW = 1e-3  # bits: the symlog entropy axes are linear below this, logarithmic above
+
+
+def _entropy_axis(ax, label: str) -> None:
+    """A symlog entropy axis: a trained model's 0.001-0.3 bits and the digit-blind 1-3.3 bits both readable,
+    and an exact 0 still drawn."""
+    ax.set_yscale("symlog", linthresh=ENTROPY_LINEAR_BELOW)
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel(f"{label}, symlog scale")
+
+
 def _style_legend(fig: Figure, styles: Mapping[str, str], **kwargs):
     """A figure legend of line styles only (grey lines), beside any other legend."""
     handles = [Line2D([], [], color="grey", linestyle=ls) for ls in styles.values()]
@@ -138,13 +149,22 @@ def plot_trajectories(trajectories: Sequence[Trajectory], layers: Sequence[int],
     for ax, layer in zip(axes[0], layers, strict=True):
         projected, _, ratio = pca(np.concatenate([np.asarray(t.states[layer]) for t in trajectories]))
         bounds = np.cumsum([0] + [len(t.tokens) for t in trajectories])
+        # Points that coincide (at layer 0 every emission of a token is the same embedding) get one label,
+        # listing the tokens there, instead of a pile of overlapping ones.
+        span = np.ptp(projected, axis=0).max() or 1.0
+        labels_at: dict[tuple[int, int], tuple[np.ndarray, list[str]]] = {}
         for t, colour, start, stop in zip(trajectories, colours, bounds[:-1], bounds[1:], strict=True):
             xy = projected[start:stop]
             ax.plot(xy[:, 0], xy[:, 1], linestyle=RIGHT if t.correct else WRONG, marker="o", markersize=4,
                     color=colour, label=f"{t.label} ({'right' if t.correct else 'wrong'})")
             ax.plot(xy[:1, 0], xy[:1, 1], marker="s", markersize=8, color=colour, linestyle="none")
-            for (x, y), token in zip(xy, t.tokens, strict=True):
-                ax.annotate(token, (x, y), xytext=(3, 3), textcoords="offset points", fontsize=8, color=colour)
+            for point, token in zip(xy, t.tokens, strict=True):
+                key = tuple(np.round(point / span * 50).astype(int))  # within 1/50 of the spread: one place
+                labels_at.setdefault(key, (point, []))[1].append(token)
+        for point, tokens in labels_at.values():
+            ax.annotate("".join(dict.fromkeys(tokens)), point, xytext=(4, 4), textcoords="offset points", fontsize=8,
+                        color="black", bbox={"boxstyle": "round,pad=0.1", "facecolor": "white", "alpha": 0.6,
+                                             "linewidth": 0})
         ax.set_title(f"layer {layer}" + (" (input embeddings)" if layer == 0 else ""))
         ax.set_xlabel(f"PC1 ({100 * ratio[0]:.1f}% of variance)")
         ax.set_ylabel(f"PC2 ({100 * ratio[1]:.1f}% of variance)")
@@ -219,7 +239,7 @@ def plot_entropy_by_step(entropy_by_step: pd.DataFrame, path: str | Path, dpi: i
         ax.set_xlabel("answer step (token index after '=')")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("entropy (bits)")
+    _entropy_axis(axes[0, 0], "entropy (bits)")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, title="operation", loc="outside right upper", fontsize=8)
     _style_legend(fig, {name: style for name, (_, style) in curves.items()}, loc="outside right lower", fontsize=8)
@@ -258,7 +278,8 @@ def plot_entropy_during_training(train_curve: pd.DataFrame, reference: pd.DataFr
         if k in levels and np.isfinite(levels[k]):
             ax.axhline(levels[k], color=colour, linestyle="--", linewidth=1)
     ax.set_xlabel("training step")
-    ax.set_ylabel("mean entropy on validation (bits)")
+    ax.set_xscale("symlog", linthresh=100)  # the dense early validations (0, 25, 50, 100, 200) get room
+    _entropy_axis(ax, "mean entropy on validation (bits)")
     ax.set_title(f"Entropy per answer step during training (dashed: {DIGIT_BLIND})")
     ax.grid(alpha=0.3)
     fig.legend(loc="outside right upper", fontsize=8)
@@ -336,6 +357,10 @@ def plot_reliability(reliability: pd.DataFrame, path: str | Path, dpi: int = 110
                edgecolor="black", linewidth=0.5, label=f"exact match, {DECODING_LABELS['greedy']}")
         ax.bar(rows["bin_lower"], rows["confidence"] - rows["accuracy"], bottom=rows["accuracy"], width=width,
                align="edge", color="tab:red", alpha=0.35, edgecolor="tab:red", label="gap to confidence")
+        for _, row in rows.iterrows():  # how many answers each bar stands for: a bar of 1 is no evidence
+            ax.annotate(f"n={int(row['count'])}", (row["bin_lower"] + (row["bin_upper"] - row["bin_lower"]) / 2,
+                                                   max(row["accuracy"], row["confidence"])),
+                        xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=6, rotation=90)
         sampled = filled[filled["decoding"] == "sampled_t1"]
         ax.plot(sampled["confidence"], sampled["accuracy"], marker="o", linestyle="none", color="tab:orange",
                 label=f"exact match, {DECODING_LABELS['sampled_t1']}")
@@ -345,8 +370,7 @@ def plot_reliability(reliability: pd.DataFrame, path: str | Path, dpi: int = 110
             title += "\nECE " + ", ".join(f"{DECODING_LABELS.get(d, d)} {v:.3f}" for d, v in ece[split].items())
         ax.set_title(title, fontsize=9)
         ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.set_aspect("equal")
+        ax.set_ylim(0, 1.15)  # room for the counts above a full bar
         ax.set_xlabel("sequence confidence (model's probability of the answer)")
         ax.legend(loc="upper left", fontsize=7)
     axes[0, 0].set_ylabel("exact match (fraction of answers)")
