@@ -1,5 +1,7 @@
 """The researcher's daily loop, end to end on a tiny project: recovery from a failed experiment, MLflow run names."""
 
+import json
+
 import mlflow
 import pytest
 from conftest import run
@@ -44,3 +46,20 @@ def test_mlflow_runs_are_named_after_the_dvc_experiment_and_the_swept_values(tin
     head, before = run(["git", "rev-parse", "HEAD", "HEAD~1"], tiny_project).stdout.split()
     assert runs.loc[experiment, "tags.dvc_exp_baseline_rev"] == head  # the commit the experiment was based on
     assert runs.loc["workspace", "tags.dvc_exp_baseline_rev"] == before  # HEAD when `dvc repro` ran
+
+
+def test_dvc_plots_render_one_series_per_split_and_operation_and_nothing_unasked(tiny_project):
+    run(["dvc", "repro", "--quiet"], tiny_project)
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], tiny_project).stdout)
+    assert "errors" not in shown, shown.get("errors")
+    names = list(shown)
+    csv_plots = [name for name in names if not name.endswith(".png")]
+    assert csv_plots == ["validation exact match", "training and validation loss",
+                         "entropy by answer step, model against the digit-blind level (bits, symlog)",
+                         "sequence reliability (probability of the answer against exact match)",
+                         "exact match against sampling temperature"]  # no automatic per-CSV plots
+    entropy = shown[csv_plots[2]][0]["content"]
+    rows = entropy["data"]["values"]
+    assert {(row["split"], row["operation"]) for row in rows} == {
+        (split, op) for split in ("test", "test_ood") for op in ("add", "sub")}
+    assert entropy["encoding"]["color"]["field"] == "series"  # one line per split and operation

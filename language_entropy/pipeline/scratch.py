@@ -15,7 +15,7 @@ import yaml
 
 from language_entropy.pipeline.deps import ROOT
 
-PROJECT_FILES = ["stages", "language_entropy", "dvc.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore",
+PROJECT_FILES = ["stages", "language_entropy", "dvc.yaml", ".dvc/config", ".dvc/.gitignore", ".dvc/plots", ".dvcignore",
                  ".gitignore"]
 
 
