@@ -15,7 +15,8 @@ from language_entropy.pipeline.evaluate import run_evaluation
 
 def main() -> None:
     parser = stage_parser(__doc__)
-    parser.add_argument("--base", type=Path, help="checkpoint to evaluate (default: paths.model)")
+    parser.add_argument("--base", type=Path, help="checkpoint to evaluate (default: paths.model), with its own model "
+                                                  "config where that differs from params")
     parser.add_argument("--samples", type=int, help="problems per split (default: eval.samples, else all)")
     loudness = parser.add_mutually_exclusive_group()
     loudness.add_argument("--verbose", action="store_true", help="print the first generations step by step")
@@ -23,7 +24,7 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
     run_evaluation(params, args.base or Path(params.paths.model), args.samples,
-                   verbosity=1 if args.verbose else -1 if args.quiet else 0)
+                   verbosity=1 if args.verbose else -1 if args.quiet else 0, as_is=args.base is not None)
 
 
 if __name__ == "__main__":

@@ -6,19 +6,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from language_entropy.cli import run_stage, stage_parser
-from language_entropy.data import DataSpaceError, generate_splits, write_splits
+from language_entropy.data import SPLITS, DataSpaceError, generate_splits, split_path, write_splits
 from language_entropy.errors import UserError
 from language_entropy.params import load_params
+from language_entropy.pipeline.outputs import check_outputs, output_set
 
 
 def main() -> None:
     args = stage_parser(__doc__).parse_args()
     params = load_params(args.params)
+    files = [split_path(params.paths.data, name) for name in SPLITS]
+    check_outputs(files=[("paths.data", path) for path in files], dirs=[("paths.data", Path(params.paths.data))])
     try:
         splits = generate_splits(params.data, params.seed)
     except DataSpaceError as error:
         raise UserError(f"data: {error}") from None
-    write_splits(splits, params.paths.data)
+    with output_set(files) as staged:  # the four splits replace the previous four together
+        write_splits(splits, staged(files[0]).parent)
     print(", ".join(f"{name}: {len(frame)}" for name, frame in splits.items()), f"problems in {params.paths.data}/")
 
 

@@ -14,9 +14,12 @@ from language_entropy.pipeline.visualize import run_visualization
 
 
 def main() -> None:
-    args = stage_parser(__doc__).parse_args()
+    parser = stage_parser(__doc__)
+    parser.add_argument("--base", type=Path, help="checkpoint to draw (default: paths.model), with its own model "
+                                                  "config where that differs from params")
+    args = parser.parse_args()
     params = load_params(args.params)
-    for figure in run_visualization(params):
+    for figure in run_visualization(params, args.base):
         print(f"wrote {figure}")
 
 

@@ -19,9 +19,13 @@ from language_entropy.evaluation import SPLIT_NAMES, evaluate_split, flatten_num
 from language_entropy.measure import expected_answers, generation_prompts
 from language_entropy.model import ArithmeticDecoder, generate_batched
 from language_entropy.params import Params
+from language_entropy.pipeline.guards import checkpoint_params, clean_leftovers, interruptible
+from language_entropy.pipeline.outputs import check_outputs, output_set
 from language_entropy.problems import reorder_answer
 from language_entropy.theory import load_theoretical_entropy
 from language_entropy.uncertainty import RELIABILITY_COLUMNS
+
+OUTPUT_FILES = ["eval.json", "entropy_by_step.csv", "entropy_by_step_bucket.csv", "reliability.csv", "temperature.csv"]
 
 
 def print_generation_steps(model: ArithmeticDecoder, frame: pd.DataFrame, reverse_answer: bool, count: int) -> None:
@@ -49,20 +53,26 @@ def print_generation_steps(model: ArithmeticDecoder, frame: pd.DataFrame, revers
 
 
 
-def run_evaluation(params: Params, checkpoint: Path, samples: int | None, verbosity: int) -> dict:
-    """The evaluate stage: measure the checkpoint on test and OOD, write metrics, log to its MLflow run."""
+@interruptible("evaluate")
+def run_evaluation(params: Params, checkpoint: Path, samples: int | None, verbosity: int, as_is: bool = False) -> dict:
+    """The evaluate stage: measure the checkpoint on test and OOD, write metrics, log to its MLflow run.
+    `as_is` (--base): a checkpoint whose model config differs from params is measured and logged with its own."""
     samples = samples if samples is not None else params.eval.samples
     if samples is not None and samples <= 0:
         raise UserError(f"--samples must be >= 1 (got {samples})")
     if not checkpoint.exists() and checkpoint == Path(params.paths.model):
         raise UserError(f"{checkpoint} not found: run `dvc repro train` first")
     payload = load_checkpoint(checkpoint)
+    logged_params = checkpoint_params(params, payload, checkpoint, as_is)
+    check_outputs(files=[("paths.metrics", Path(params.paths.metrics) / name) for name in OUTPUT_FILES])
     device = select_device(params.train.device)
     model = load_model(payload, device).eval()
     theory_path = Path(params.paths.metrics) / "theoretical_entropy.csv"
     theory = load_theoretical_entropy(theory_path)
-    frames = {name: read_split(params.paths.data, split) for name, (split, _) in SPLIT_NAMES.items()}
+    frames = {name: read_split(params.paths.data, split, params.data.reverse_answer)
+              for name, (split, _) in SPLIT_NAMES.items()}
     experiment_id = tracking.connect(params.mlflow.experiment)  # before the work: a bad server fails fast
+    clean_leftovers(params)
     if samples is not None and samples > min(len(frame) for frame in frames.values()):
         sizes = ", ".join(f"{name}: {len(frame)}" for name, frame in frames.items())
         print(f"--samples {samples} is more than some split holds ({sizes}): those are used whole", file=sys.stderr)
@@ -92,14 +102,13 @@ def run_evaluation(params: Params, checkpoint: Path, samples: int | None, verbos
                                                               *step_columns]),
               "reliability.csv": (reliability, ["split", *RELIABILITY_COLUMNS]),
               "temperature.csv": (temperature, ["split", "temperature", "exact_match", "mean_entropy_bits"])}
-    written = [metrics_dir / "eval.json"]
-    metrics_dir.mkdir(parents=True, exist_ok=True)
-    written[0].write_text(json.dumps(report, indent=2, default=float) + "\n")
-    for file_name, (parts, columns) in tables.items():
-        pd.concat(parts, ignore_index=True)[columns].to_csv(metrics_dir / file_name, index=False)
-        written.append(metrics_dir / file_name)
+    written = [metrics_dir / name for name in OUTPUT_FILES]
+    with output_set(written) as staged:  # all five replace the previous five, or none does
+        staged(metrics_dir / "eval.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+        for file_name, (parts, columns) in tables.items():
+            pd.concat(parts, ignore_index=True)[columns].to_csv(staged(metrics_dir / file_name), index=False)
 
-    tracking.start_pipeline_run(experiment_id, payload.get("mlflow_run_id"), params.flat())
+    tracking.start_pipeline_run(experiment_id, payload.get("mlflow_run_id"), logged_params)
     tracking.log_metrics(flatten_numbers(report))
     for path in [*written, theory_path, theory_path.with_suffix(".json")]:
         if path.exists():

@@ -16,8 +16,13 @@ from language_entropy.errors import UserError
 from language_entropy.measure import generation_prompts, greedy_right
 from language_entropy.model import ArithmeticDecoder, generate_batched
 from language_entropy.params import Params
+from language_entropy.pipeline.guards import checkpoint_params, clean_leftovers, interruptible
+from language_entropy.pipeline.outputs import check_outputs, output_set
 from language_entropy.problems import reorder_answer
 from language_entropy.theory import load_theoretical_entropy, theoretical_levels
+
+FIGURES = ["trajectories.png", "digit_geometry.png", "entropy_by_step.png", "entropy_during_training.png",
+           "training_curves.png", "reliability.png", "temperature.png"]
 
 
 def pick_problems(frame: pd.DataFrame, right: pd.Series, count: int) -> pd.DataFrame:
@@ -64,15 +69,20 @@ def read_report(path: Path) -> dict:
             from None
 
 
-def run_visualization(params: Params) -> list[Path]:
-    """Draw every figure into `paths.plots` and log them to the model's MLflow run."""
-    checkpoint = Path(params.paths.model)
-    if not checkpoint.exists():
+@interruptible("visualize")
+def run_visualization(params: Params, base: Path | None = None) -> list[Path]:
+    """Draw every figure into `paths.plots` and log them to the model's MLflow run. `base`: the checkpoint
+    to draw instead of paths.model, used with its own model config when that differs from params."""
+    checkpoint = base or Path(params.paths.model)
+    if not checkpoint.exists() and base is None:
         raise UserError(f"{checkpoint} not found: run `dvc repro train` first")
     payload = load_checkpoint(checkpoint)
+    logged_params = checkpoint_params(params, payload, checkpoint, as_is=base is not None)
     model = load_model(payload, select_device(params.train.device)).eval()
     experiment_id = tracking.connect(params.mlflow.experiment)  # before the work: a bad server fails fast
     metrics, out, dpi = Path(params.paths.metrics), Path(params.paths.plots), params.viz.dpi
+    check_outputs(files=[("paths.plots", out / name) for name in FIGURES], dirs=[("paths.plots", out)])
+    clean_leftovers(params)
     tables = {}
     for name, stage in (("train_curve", "train"), ("entropy_by_step", "evaluate"), ("reliability", "evaluate"),
                         ("temperature", "evaluate")):
@@ -82,25 +92,27 @@ def run_visualization(params: Params) -> list[Path]:
         tables[name] = pd.read_csv(path)
     report = read_report(metrics / "eval.json")
     theory = load_theoretical_entropy(metrics / "theoretical_entropy.csv")
-    operations = sorted(read_split(params.paths.data, "val")["op"].unique())
+    operations = sorted(read_split(params.paths.data, "val", params.data.reverse_answer)["op"].unique())
     mixture = (pd.concat([theoretical_levels(theory, "in_distribution", op) for op in operations])
                .groupby("step", as_index=False).mean())  # the prompt names the operation: average the levels
 
-    problems = pd.concat([read_split(params.paths.data, split) for split in ("test", "ood")], ignore_index=True)
-    trajectories = collect_trajectories(model, problems, list(params.viz.layers), params.viz.trajectories,
-                                        params.data.reverse_answer)
-    digits = model.tok_emb.weight[list(tokenizer.DIGIT_IDS)].detach().float().cpu().numpy()
-    figures = [
-        plots.plot_trajectories(trajectories, list(params.viz.layers), out / "trajectories.png", dpi),
-        plots.plot_digit_geometry(digits, out / "digit_geometry.png", dpi),
-        plots.plot_entropy_by_step(tables["entropy_by_step"], out / "entropy_by_step.png", dpi),
-        plots.plot_entropy_during_training(tables["train_curve"], mixture, out / "entropy_during_training.png", dpi),
-        plots.plot_training_curves(tables["train_curve"], out / "training_curves.png", dpi),
-        plots.plot_reliability(tables["reliability"], out / "reliability.png", dpi,
-                               ece={split: report[split]["ece"] for split in report}),
-        plots.plot_temperature(tables["temperature"], out / "temperature.png", dpi),
-    ]
-    tracking.start_pipeline_run(experiment_id, payload.get("mlflow_run_id"), params.flat())
+    problems = pd.concat([read_split(params.paths.data, split, params.data.reverse_answer)
+                          for split in ("test", "ood")], ignore_index=True)
+    figures = [out / name for name in FIGURES]
+    with output_set(figures) as staged:  # the figures replace the previous ones together, or none does
+        trajectories = collect_trajectories(model, problems, list(params.viz.layers), params.viz.trajectories,
+                                            params.data.reverse_answer)
+        digits = model.tok_emb.weight[list(tokenizer.DIGIT_IDS)].detach().float().cpu().numpy()
+        plots.plot_trajectories(trajectories, list(params.viz.layers), staged(out / "trajectories.png"), dpi)
+        plots.plot_digit_geometry(digits, staged(out / "digit_geometry.png"), dpi)
+        plots.plot_entropy_by_step(tables["entropy_by_step"], staged(out / "entropy_by_step.png"), dpi)
+        plots.plot_entropy_during_training(tables["train_curve"], mixture, staged(out / "entropy_during_training.png"),
+                                           dpi)
+        plots.plot_training_curves(tables["train_curve"], staged(out / "training_curves.png"), dpi)
+        plots.plot_reliability(tables["reliability"], staged(out / "reliability.png"), dpi,
+                               ece={split: report[split]["ece"] for split in report})
+        plots.plot_temperature(tables["temperature"], staged(out / "temperature.png"), dpi)
+    tracking.start_pipeline_run(experiment_id, payload.get("mlflow_run_id"), logged_params)
     for figure in figures:
         tracking.log_artifact(str(figure), artifact_path="plots")
     tracking.end_run()
