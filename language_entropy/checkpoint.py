@@ -14,8 +14,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import re
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -49,7 +51,8 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
     path = Path(path)
     _check_plain(payload)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # the pid in the name tells a later process whether the writer is gone (`stale_temp_files`)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as file:
             torch.save(payload, file)
@@ -69,6 +72,28 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+def stale_temp_files(directory: Path, alive: Callable[[int], bool], writers_gone: bool = False) -> list[Path]:
+    """Temp files `save_checkpoint` left in `directory` when its process was killed mid-write: those whose
+    pid is not `alive`, and with `writers_gone` (the caller knows no one else writes there) also the
+    pid-less ones of older versions."""
+    stale = []
+    for entry in directory.glob(".*.tmp") if directory.is_dir() else []:
+        match = _TEMP.fullmatch(entry.name)
+        if match and entry.is_file() and (not alive(int(match.group(1))) if match.group(1) else writers_gone):
+            stale.append(entry)
+    return stale
+
+
+_TEMP = re.compile(r"\..+?\.(?:(\d+)\.)?[a-z0-9_]{8}\.tmp")  # mkstemp's 8 random characters
+
+
+def model_config_differences(saved: dict, config: ModelConfig) -> list[str]:
+    """Keys where a checkpoint's model config differs from params, as `model.key: saved -> params`."""
+    current = dataclasses.asdict(config)
+    return [f"model.{key}: {saved.get(key)!r} -> {value!r}"
+            for key, value in current.items() if saved.get(key) != value]
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -7,6 +7,7 @@ while drawing goes on, and only a request larger than the whole space is an erro
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from language_entropy import tokenizer
 from language_entropy.errors import UserError
 from language_entropy.params import DataConfig
-from language_entropy.problems import draw_problems, reorder_answer, space_size
+from language_entropy.problems import INT64_SAFE_DIGITS, draw_problems, exact_answers, reorder_answer, space_size
 
 SPLITS = ("train", "val", "test", "ood")
 COLUMNS = ["a", "op", "b", "answer", "a_digits", "b_digits", "text"]
@@ -51,7 +52,9 @@ def with_text(problems: pd.DataFrame, reverse: bool) -> pd.DataFrame:
     """The split columns of drawn problems: numbers as decimal strings and the full `text` the model reads."""
     symbols = problems["op"].map(tokenizer.OPERATOR_SYMBOLS)
     a, b = problems["a"].astype(str), problems["b"].astype(str)
-    answers = problems["answer"].astype(str).map(lambda answer: reorder_answer(answer, reverse))
+    written = problems["answer"].astype(str)
+    # reorder_answer once per distinct answer (a few thousand among 100k rows), then a lookup per row
+    answers = written.map({answer: reorder_answer(answer, reverse) for answer in written.unique()})
     text = a + symbols + b + tokenizer.EQUALS + answers + tokenizer.EOS
     # Stored as decimal strings: exact at any length (int64 overflows past 18 digits).
     return pd.DataFrame({"a": a, "op": problems["op"].astype(str), "b": b,
@@ -86,11 +89,92 @@ def write_splits(splits: dict[str, pd.DataFrame], data_dir: str | Path) -> None:
         frame.to_parquet(split_path(data_dir, name), index=False, compression="zstd")
 
 
-def read_split(data_dir: str | Path, split: str) -> pd.DataFrame:
+def read_split(data_dir: str | Path, split: str, reverse_answer: bool) -> pd.DataFrame:
+    """A saved split, verified before anyone uses it (`split_disagreement`); any problem is one `UserError`
+    naming the file, the row (counted from 0, as pandas shows it) and what disagrees."""
     path = split_path(data_dir, split)
     if not path.exists():
         raise UserError(f"{path} not found: run `dvc repro generate-data` first")
-    return pd.read_parquet(path)
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as error:  # truncated or foreign files: pyarrow raises ArrowInvalid, OSError and more
+        reason = (str(error).splitlines() or [type(error).__name__])[0][:160]
+        raise UserError(f"{path}: not a readable parquet file ({reason}): run `dvc repro generate-data`") from None
+    problem = split_disagreement(frame, reverse_answer)
+    if problem is not None:
+        raise UserError(f"{path}: {problem}")
+    return frame
+
+
+_NUMBER = r"0|[1-9][0-9]*"  # operands as written: decimal, no sign, no leading zeros
+_IN_VOCABULARY = f"[{re.escape(tokenizer.VOCAB)}]*"
+
+
+def split_disagreement(frame: pd.DataFrame, reverse_answer: bool) -> str | None:
+    """What is wrong with a split, or None: columns and types, non-empty, every row's operands, lengths
+    and vocabulary, its `answer` equal to the exact answer of a, op, b and its `text` equal to what
+    `with_text` (the one answer format) makes of them. Vectorised: a check costs a few pandas passes."""
+    missing = [column for column in COLUMNS if column not in frame.columns]
+    if missing:
+        return f"missing columns {missing} (a split has {COLUMNS})"
+    if frame.empty:
+        return "holds no rows: run `dvc repro generate-data`"
+    for column in COLUMNS:
+        numeric = column.endswith("_digits")
+        kind_ok = (pd.api.types.is_integer_dtype if numeric else pd.api.types.is_string_dtype)(frame[column])
+        if not kind_ok:
+            return f"column {column} holds {frame[column].dtype}, not {'integers' if numeric else 'strings'}"
+        if frame[column].isna().any():
+            return _first(frame[column].isna(), lambda i, column=column: f"{column} is missing")
+    a, op, b, text = (frame[column] for column in ("a", "op", "b", "text"))
+    checks = [  # (rows that fail, what to say about the first): the format of each row, before any arithmetic
+        (~text.str.fullmatch(_IN_VOCABULARY),
+         lambda i: f"text {text[i]!r} has {next(ch for ch in text[i] if ch not in tokenizer.STOI)!r}, "
+                   "which is not in the vocabulary"),
+        (~op.isin(list(tokenizer.OPERATOR_SYMBOLS)),
+         lambda i: f"op {op[i]!r} is not one of {list(tokenizer.OPERATOR_SYMBOLS)}"),
+        (~a.str.fullmatch(_NUMBER), lambda i: f"a {a[i]!r} is not a decimal number without sign or leading zeros"),
+        (~b.str.fullmatch(_NUMBER), lambda i: f"b {b[i]!r} is not a decimal number without sign or leading zeros"),
+        (a.str.len() != frame["a_digits"], lambda i: f"a_digits {frame['a_digits'][i]} but a {a[i]!r}"),
+        (b.str.len() != frame["b_digits"], lambda i: f"b_digits {frame['b_digits'][i]} but b {b[i]!r}"),
+        ((op == "div") & (b == "0"), lambda i: f"{a[i]} / 0 has no answer"),
+    ]
+    problem = _earliest(checks)
+    if problem is not None:
+        return problem
+    # Exact integers: int64 while no answer can overflow it, Python ints beyond (as the data was drawn).
+    fits = int(a.str.len().max()) + int(b.str.len().max()) <= INT64_SAFE_DIGITS
+    to_ints = (lambda s: s.to_numpy(dtype=np.int64)) if fits else (lambda s: np.array([int(x) for x in s], object))
+    exact = exact_answers(op.to_numpy(dtype=object), to_ints(a), to_ints(b))
+    exact_text = pd.Series(exact.astype(str) if fits else [str(x) for x in exact], index=frame.index)
+    expected = with_text(frame[["a", "op", "b", "a_digits", "b_digits"]].assign(answer=exact_text), reverse_answer)
+    symbol = op.map(tokenizer.OPERATOR_SYMBOLS)
+
+    def wrong_text(i: int) -> str:
+        other = with_text(expected.loc[[i]], not reverse_answer)["text"][i]
+        hint = (f": the split writes answers {'units first' if not reverse_answer else 'most significant first'}, "
+                f"params say data.reverse_answer: {str(reverse_answer).lower()}") if text[i] == other else ""
+        return f"text {text[i]!r} but {a[i]} {symbol[i]} {b[i]} gives {expected['text'][i]!r}{hint}"
+
+    return _earliest([(frame["answer"] != exact_text,
+                       lambda i: f"answer {frame['answer'][i]!r} but {a[i]} {symbol[i]} {b[i]} = {exact_text[i]}"),
+                      (text != expected["text"], wrong_text)])
+
+
+def _first(bad: pd.Series, describe) -> str:
+    rows = np.flatnonzero(bad.to_numpy())
+    more = f" (and {len(rows) - 1} more rows)" if len(rows) > 1 else ""
+    return f"row {rows[0]}: {describe(bad.index[rows[0]])}{more}"
+
+
+def _earliest(checks: list) -> str | None:
+    """The first failing row over all checks, described by the first check it fails."""
+    failing = [(int(np.flatnonzero(bad.to_numpy())[0]), order, bad, describe)
+               for order, (bad, describe) in enumerate(checks) if bad.any()]
+    if not failing:
+        return None
+    _, _, bad, describe = min(failing, key=lambda item: item[:2])
+    return _first(bad, describe)
 
 
 def prompt_of(text: str) -> str:

@@ -299,3 +299,22 @@ def flatten_numbers(tree: dict, prefix: str = "") -> dict[str, float]:
 
 
 SPLIT_NAMES = {"test": "test", "test_ood": "ood"}  # report name -> data split
+HEADLINE_AUROCS = ("semantic_entropy", "token_entropy", "sequence_nll")
+
+
+def headline(report: dict[str, dict]) -> dict[str, dict[str, float | None]]:
+    """The numbers a researcher reads first (metrics/summary.json, the file DVC shows as metrics), per split:
+    exact match with its Wilson 95% interval and per operation, mean answer entropy (bits), the greedy
+    answers' sequence ECE and perplexity; on OOD also the AUROCs of the three error detectors (None where
+    undefined). Every one of them is also in the full report (eval.json)."""
+    top = {}
+    for split, numbers in report.items():
+        entry = {"exact_match": numbers["exact_match"], "exact_match_ci_low": numbers["exact_match.ci_low"],
+                 "exact_match_ci_high": numbers["exact_match.ci_high"]}
+        entry.update({f"exact_match_{op}": values["exact_match"] for op, values in numbers["per_operation"].items()})
+        entry.update(mean_entropy_bits=numbers["mean_entropy_bits"], sequence_ece=numbers["sequence_ece"]["greedy"],
+                     perplexity=numbers["perplexity"])
+        if split == "test_ood":
+            entry.update({f"auroc_{name}": numbers["auroc"].get(name) for name in HEADLINE_AUROCS})
+        top[split] = entry
+    return top

@@ -16,7 +16,7 @@ from language_entropy import tokenizer
 from language_entropy.data import encode_batch, prompt_of
 from language_entropy.entropy import NATS_TO_BITS, entropy_bits_from_probs, entropy_from_logits
 from language_entropy.losses import continuity_distance, continuity_pair_mask, select_hidden
-from language_entropy.model import ArithmeticDecoder, generate_batched
+from language_entropy.model import ArithmeticDecoder, generate_batches
 
 
 @dataclass(frozen=True)
@@ -126,16 +126,21 @@ def sample_sequences(model: ArithmeticDecoder, texts: list[str], batch_size: int
     model.eval()
     problems = np.repeat(np.arange(len(texts)), repeats)
     prompts, budget = generation_prompts(texts)
-    out = generate_batched(model, [prompts[i] for i in problems], batch_size, max_new_tokens=budget,
-                           temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, return_probs=True)
-    emitted = out.tokens != tokenizer.PAD_ID  # (N, S): PAD after EOS
-    chosen = out.probs.gather(-1, out.tokens.unsqueeze(-1)).squeeze(-1).clamp_min(1e-30)
-    entropy = entropy_bits_from_probs(out.probs)  # (N, S)
-    length = emitted.sum(1)
-    return pd.DataFrame({
-        "problem": problems,
-        "answer": [tokenizer.emitted_answer(row) for row in out.tokens],
-        "logprob": (chosen.log() * emitted).sum(1).numpy(),
-        "length": length.numpy(),
-        "mean_entropy_bits": ((entropy * emitted).sum(1) / length.clamp_min(1)).numpy(),
-    })
+    answers = np.empty(len(problems), dtype=object)
+    logprob, mean_entropy = (np.zeros(len(problems), dtype=np.float32) for _ in range(2))
+    length = np.zeros(len(problems), dtype=np.int64)
+    # one batch of probabilities at a time (N x steps x vocab for every sequence would be unbounded)
+    for rows, out in generate_batches(model, [prompts[i] for i in problems], batch_size, max_new_tokens=budget,
+                                      temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
+                                      return_probs=True):
+        emitted = out.tokens != tokenizer.PAD_ID  # (B, S): PAD after EOS
+        chosen = out.probs.gather(-1, out.tokens.unsqueeze(-1)).squeeze(-1).clamp_min(1e-30)
+        entropy = entropy_bits_from_probs(out.probs)  # (B, S)
+        lengths = emitted.sum(1)
+        index = rows.numpy()
+        answers[index] = [tokenizer.emitted_answer(row) for row in out.tokens]
+        logprob[index] = (chosen.log() * emitted).sum(1).numpy()
+        length[index] = lengths.numpy()
+        mean_entropy[index] = ((entropy * emitted).sum(1) / lengths.clamp_min(1)).numpy()
+    return pd.DataFrame({"problem": problems, "answer": answers.tolist(), "logprob": logprob, "length": length,
+                         "mean_entropy_bits": mean_entropy})

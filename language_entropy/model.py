@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -364,29 +365,48 @@ def generate_batched(model: ArithmeticDecoder, prompt_ids: list[list[int]], batc
     padded with PAD tokens, zero probs and zero hidden states. With a `generator` the samples are
     reproducible for the same prompts, order and batch_size. Runs on the model's device.
     """
+    n = len(prompt_ids)
+    tokens = torch.full((n, max_new_tokens), PAD_ID, dtype=torch.long)
+    probs = hidden = None
+    for rows, out in generate_batches(model, prompt_ids, batch_size, max_new_tokens=max_new_tokens,
+                                      **generate_kwargs):
+        tokens[rows] = out.tokens
+        if out.probs is not None:
+            if probs is None:
+                probs = torch.zeros(n, max_new_tokens, out.probs.shape[-1])
+            probs[rows] = out.probs
+        if out.hidden is not None:
+            if hidden is None:
+                hidden = [torch.zeros(n, max_new_tokens, h.shape[-1]) for h in out.hidden]
+            for layer, h in enumerate(out.hidden):
+                hidden[layer][rows] = h
+    return Generation(tokens=tokens, probs=probs, hidden=hidden)
+
+
+def generate_batches(model: ArithmeticDecoder, prompt_ids: list[list[int]], batch_size: int, *,
+                     max_new_tokens: int, **generate_kwargs) -> Iterator[tuple[torch.Tensor, Generation]]:
+    """`generate_batched` one batch at a time: (the batch's row indices into `prompt_ids`, its `Generation`
+    on the CPU, padded to `max_new_tokens` columns), in the same order and with the same random draws, so
+    a caller that reduces each batch holds one batch of probabilities or hidden states, never all of them."""
     device = next(model.parameters()).device
     by_length = defaultdict(list)
     for row, ids in enumerate(prompt_ids):
         by_length[len(ids)].append(row)
-    n = len(prompt_ids)
-    tokens = torch.full((n, max_new_tokens), PAD_ID, dtype=torch.long)
-    probs = hidden = None
     for length in sorted(by_length):
         rows = by_length[length]
         for begin in range(0, len(rows), batch_size):
             chunk = rows[begin:begin + batch_size]
             prompts = torch.tensor([prompt_ids[r] for r in chunk], dtype=torch.long, device=device)
             out = model.generate(prompts, max_new_tokens, **generate_kwargs)
-            index = torch.tensor(chunk)
             steps = out.tokens.shape[1]
-            tokens[index, :steps] = out.tokens.cpu()
+            tokens = torch.full((len(chunk), max_new_tokens), PAD_ID, dtype=torch.long)
+            tokens[:, :steps] = out.tokens.cpu()
+            probs = hidden = None
             if out.probs is not None:
-                if probs is None:
-                    probs = torch.zeros(n, max_new_tokens, out.probs.shape[-1])
-                probs[index, :steps] = out.probs.float().cpu()
+                probs = torch.zeros(len(chunk), max_new_tokens, out.probs.shape[-1])
+                probs[:, :steps] = out.probs.float().cpu()
             if out.hidden is not None:
-                if hidden is None:
-                    hidden = [torch.zeros(n, max_new_tokens, h.shape[-1]) for h in out.hidden]
+                hidden = [torch.zeros(len(chunk), max_new_tokens, h.shape[-1]) for h in out.hidden]
                 for layer, h in enumerate(out.hidden):
-                    hidden[layer][index, :steps] = h.float().cpu()
-    return Generation(tokens=tokens, probs=probs, hidden=hidden)
+                    hidden[layer][:, :steps] = h.float().cpu()
+            yield torch.tensor(chunk), Generation(tokens=tokens, probs=probs, hidden=hidden)

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import random
+import socket
 import subprocess
 import time
 import warnings
@@ -178,12 +179,45 @@ def run_exists(run_id: str) -> bool:
     return True
 
 
+def process_tags() -> dict[str, str]:
+    """Which process holds a run open: a later stage marks the run FAILED once that process has ended
+    (`fail_abandoned_runs`). Set whenever a run is started or reopened."""
+    return {"pid": str(os.getpid()), "host": socket.gethostname(), "checkout": str(project_root())}
+
+
 @retry_locked
 def start_run(experiment_id: str, run_id: str | None = None, tags: dict[str, str] | None = None) -> str:
     """Start a new run, or reopen `run_id` (a resumed training run, or evaluate adding to train's run)."""
     if run_id is not None and not run_exists(run_id):
         raise UserError(f"MLflow run {run_id} is not in the store {mlflow.get_tracking_uri()}")
+    tags = {**(tags or {}), **process_tags()}
     return mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id, tags=tags).info.run_id
+
+
+@retry_locked
+def fail_abandoned_runs(alive: Callable[[int], bool]) -> list[str]:
+    """Mark FAILED the runs of this checkout on this host that are RUNNING although the process that opened
+    them has ended (killed: nothing closed them); returns `run id (pid N)` for each."""
+    client, here = MlflowClient(), process_tags()
+    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+    failed = []
+    for run in client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'") if experiments else []:
+        tags = run.data.tags
+        if tags.get("host") != here["host"] or tags.get("checkout") != here["checkout"]:
+            continue
+        pid = int(tags["pid"]) if tags.get("pid", "").isdigit() else None
+        if pid is None or pid == os.getpid() or alive(pid):
+            continue
+        client.set_tag(run.info.run_id, "failed_because", f"process {pid} ended with the run still open")
+        client.set_terminated(run.info.run_id, status="FAILED")
+        failed.append(f"{run.info.run_id} (pid {pid})")
+    return failed
+
+
+def end_active_run(status: str) -> None:
+    """End the run this process has open, if any, with `status`."""
+    if mlflow.active_run() is not None:
+        end_run(status=status)
 
 
 @retry_locked
@@ -207,6 +241,17 @@ def start_pipeline_run(experiment_id: str, train_run_id: str | None, flat_params
         if derived:
             return start_run(experiment_id, run_id=derived)
     tags = run_tags(flat_params) | ({"train_run_id": train_run_id} if train_run_id else {})
+    run_id = start_run(experiment_id, tags=tags)
+    log_params(flat_params)
+    return run_id
+
+
+def start_adhoc_run(experiment_id: str, flat_params: dict[str, object], stage: str, source: str) -> str:
+    """A run of its own for an ad-hoc evaluate or visualize (--samples, --base, --verbose), tagged `adhoc`, so
+    it never changes the pipeline's runs; filter it out in `mlflow ui` with `tags.adhoc != 'true'`."""
+    tags = run_tags(flat_params)
+    tags.update(adhoc="true", adhoc_stage=stage, adhoc_source=source,
+                **{"mlflow.runName": f"adhoc {stage} {tags['mlflow.runName']}"})
     run_id = start_run(experiment_id, tags=tags)
     log_params(flat_params)
     return run_id

@@ -6,7 +6,6 @@ both mixtures) and <paths.metrics>/theoretical_entropy.json (total answer bits p
 """
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -17,19 +16,18 @@ from language_entropy.cli import run_stage, stage_params, stage_parser
 
 def main() -> None:
     params = stage_params(stage_parser(__doc__).parse_args())
+    from language_entropy.pipeline.outputs import check_outputs, output_set  # after the thread count is fixed
     from language_entropy.theory import CSV_NAME, JSON_NAME, summary_metrics, theoretical_entropy_table
 
+    metrics = Path(params.paths.metrics)
+    check_outputs(files=[("paths.metrics", metrics / name) for name in (CSV_NAME, JSON_NAME)])
     table = theoretical_entropy_table(params.data, params.entropy,
                                       progress=lambda line: print(f"theoretical entropy: {line}", file=sys.stderr))
     summary = summary_metrics(table)
-    # Everything is computed before anything is written, and each file appears whole (written, then renamed).
-    metrics = Path(params.paths.metrics)
-    metrics.mkdir(parents=True, exist_ok=True)
-    staged = {metrics / CSV_NAME: table.to_csv(index=False), metrics / JSON_NAME: json.dumps(summary, indent=2) + "\n"}
-    for path, text in staged.items():
-        path.with_name(path.name + ".tmp").write_text(text)
-    for path in staged:
-        os.replace(path.with_name(path.name + ".tmp"), path)
+    texts = {metrics / CSV_NAME: table.to_csv(index=False), metrics / JSON_NAME: json.dumps(summary, indent=2) + "\n"}
+    with output_set(texts) as staged:  # both files replace the previous pair together
+        for path, text in texts.items():
+            staged(path).write_text(text)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,12 @@ from language_entropy.cli import run_stage, stage_params, stage_parser
 
 def main() -> None:
     parser = stage_parser(__doc__)
-    parser.add_argument("--base", type=Path, help="checkpoint to evaluate (default: paths.model)")
+    parser.add_argument("--base", type=Path, help="checkpoint to evaluate (default: paths.model), with its own model "
+                                                  "config where that differs from params")
     parser.add_argument("--samples", type=int, help="problems per split (default: eval.samples, else all)")
+    parser.epilog = ("With --samples, --base or --verbose the run is ad hoc: its files go to reports/adhoc/<time>/ "
+                     "and its numbers to a separate MLflow run tagged adhoc; metrics/ and the pipeline's run are "
+                     "untouched.")
     loudness = parser.add_mutually_exclusive_group()
     loudness.add_argument("--verbose", action="store_true", help="print the first generations step by step")
     loudness.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -22,8 +26,9 @@ def main() -> None:
     params = stage_params(args)
     from language_entropy.pipeline.evaluate import run_evaluation  # after the thread count is fixed
 
+    adhoc = args.samples is not None or args.base is not None or args.verbose  # never the pipeline's outputs
     run_evaluation(params, args.base or Path(params.paths.model), args.samples,
-                   verbosity=1 if args.verbose else -1 if args.quiet else 0)
+                   verbosity=1 if args.verbose else -1 if args.quiet else 0, adhoc=adhoc, as_is=args.base is not None)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,17 @@ from language_entropy.errors import UserError
 
 def main() -> None:
     params = stage_params(stage_parser(__doc__).parse_args())
-    from language_entropy.data import DataSpaceError, generate_splits, write_splits  # after the thread count
+    from language_entropy.data import SPLITS, DataSpaceError, generate_splits, split_path, write_splits
+    from language_entropy.pipeline.outputs import check_outputs, output_set  # after the thread count is fixed
 
+    files = [split_path(params.paths.data, name) for name in SPLITS]
+    check_outputs(files=[("paths.data", path) for path in files], dirs=[("paths.data", Path(params.paths.data))])
     try:
         splits = generate_splits(params.data, params.seed)
     except DataSpaceError as error:
         raise UserError(f"data: {error}") from None
-    write_splits(splits, params.paths.data)
+    with output_set(files) as staged:  # the four splits replace the previous four together
+        write_splits(splits, staged(files[0]).parent)
     print(", ".join(f"{name}: {len(frame)}" for name, frame in splits.items()), f"problems in {params.paths.data}/")
 
 

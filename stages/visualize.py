@@ -12,11 +12,14 @@ from language_entropy.cli import run_stage, stage_params, stage_parser
 
 
 def main() -> None:
-    args = stage_parser(__doc__).parse_args()
+    parser = stage_parser(__doc__)
+    parser.add_argument("--base", type=Path, help="checkpoint to draw (default: paths.model), with its own model "
+                                                  "config where that differs from params")
+    args = parser.parse_args()
     params = stage_params(args)
     from language_entropy.pipeline.visualize import run_visualization  # after the thread count is fixed
 
-    for figure in run_visualization(params):
+    for figure in run_visualization(params, args.base):
         print(f"wrote {figure}")
 
 

@@ -129,8 +129,9 @@ def run_stage(tmp_path: Path, seed: int) -> dict[str, str]:
                        "train_size": 3000, "val_size": 100, "test_size": 100, "ood_size": 100}}
     path = tmp_path / f"params{seed}.yaml"
     path.write_text(yaml.safe_dump(params))
+    # run outside the repository: in it, an output path outside it is refused (DVC could not track it)
     subprocess.run([sys.executable, str(ROOT / "stages" / "generate_data.py"), "--params", str(path)], check=True,
-                   capture_output=True)
+                   capture_output=True, cwd=tmp_path)
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())}
 
 

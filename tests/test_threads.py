@@ -11,7 +11,8 @@ from conftest import git_env
 from test_training import setup, weights
 
 from language_entropy.checkpoint import save_checkpoint
-from language_entropy.pipeline.train import RESOLVED_THREADS_PARAM, load_resume_state
+from language_entropy.params import Params, PathsConfig
+from language_entropy.pipeline.train import RESOLVED_THREADS_PARAM, load_resume_state, resume_checkpoint_path
 from language_entropy.threads import resolve_threads, usable_cores
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,13 +31,19 @@ def test_apply_threads_sets_torch_and_the_math_libraries_before_they_load():
     assert done.stdout.split() == ["1", "1", "1", "FALSE"], done.stderr
 
 
-def test_a_resume_state_of_another_thread_count_is_not_used(tmp_path):
-    path = tmp_path / "last.pt"
-    save_checkpoint(path, {"step": 5, "fingerprint": "abc", "threads": 2})
-    state, why = load_resume_state(path, "abc", threads=1)
-    assert state is None and "2 threads" in why and "has 1" in why and "starting fresh" in why
-    state, why = load_resume_state(path, "abc", threads=2)
+def test_a_resume_state_of_another_thread_count_is_not_used_and_is_kept(tmp_path):
+    params = Params(paths=PathsConfig(resume=str(tmp_path)))
+    two = resume_checkpoint_path(params, "abc", threads=2)
+    save_checkpoint(two, {"step": 5, "fingerprint": "abc", "threads": 2})
+    one = resume_checkpoint_path(params, "abc", threads=1)
+    state, why = load_resume_state(one, "abc", threads=1)
+    assert state is None and two.name in why and "another thread count" in why and "has 1" in why
+    assert "starting fresh" in why and two.exists()
+    state, why = load_resume_state(two, "abc", threads=2)
     assert state["step"] == 5 and why.startswith("resuming")
+    save_checkpoint(one, {"step": 5, "fingerprint": "abc", "threads": 2})  # a file whose count disagrees with its name
+    state, why = load_resume_state(one, "abc", threads=1)
+    assert state is None and "2 threads" in why
 
 
 def start_training(cwd: Path) -> subprocess.Popen:

@@ -15,10 +15,12 @@ from language_entropy.data import prompt_of, read_split
 from language_entropy.devices import select_device
 from language_entropy.entropy import entropy_bits_from_probs
 from language_entropy.errors import UserError
-from language_entropy.evaluation import SPLIT_NAMES, evaluate_split, flatten_numbers
+from language_entropy.evaluation import SPLIT_NAMES, evaluate_split, flatten_numbers, headline
 from language_entropy.measure import expected_answers, generation_prompts
 from language_entropy.model import ArithmeticDecoder, generate_batched
 from language_entropy.params import LossConfig, Params
+from language_entropy.pipeline.guards import checkpoint_params, clean_leftovers, interruptible
+from language_entropy.pipeline.outputs import adhoc_folder, check_outputs, output_set
 from language_entropy.problems import reorder_answer
 from language_entropy.theory import load_theoretical_entropy
 from language_entropy.uncertainty import RELIABILITY_COLUMNS
@@ -60,22 +62,36 @@ TABLES = {  # file -> (SplitReport attribute, columns after "split")
     "temperature.csv": ("temperature", ["temperature", "exact_match", "exact_match_ci_low", "exact_match_ci_high",
                                         "mean_entropy_bits"]),
 }
+REPORT_FILE, HEADLINE_FILE = "eval.json", "summary.json"  # every number; the dozen DVC shows as metrics
+OUTPUT_FILES = [REPORT_FILE, HEADLINE_FILE, *TABLES]
 
 
-def run_evaluation(params: Params, checkpoint: Path, samples: int | None, verbosity: int) -> dict:
-    """The evaluate stage: measure the checkpoint on test and OOD, write metrics, log to its MLflow run."""
+@interruptible("evaluate")
+def run_evaluation(params: Params, checkpoint: Path, samples: int | None, verbosity: int, adhoc: bool = False,
+                   as_is: bool = False) -> dict:
+    """The evaluate stage: measure the checkpoint on test and OOD, write metrics, log to its MLflow run.
+
+    `adhoc` (any of --samples, --base, --verbose): the files go to a new folder under reports/adhoc/ and
+    the numbers to a separate MLflow run tagged `adhoc`, never to the pipeline's outputs or run. `as_is`
+    (--base): a checkpoint whose model config differs from params is measured and logged with its own."""
     samples = samples if samples is not None else params.eval.samples
     if samples is not None and samples <= 0:
         raise UserError(f"--samples must be >= 1 (got {samples})")
     if not checkpoint.exists() and checkpoint == Path(params.paths.model):
         raise UserError(f"{checkpoint} not found: run `dvc repro train` first")
     payload = load_checkpoint(checkpoint)
+    logged_params = checkpoint_params(params, payload, checkpoint, as_is)
+    metrics_dir = adhoc_folder("evaluate") if adhoc else Path(params.paths.metrics)
+    if not adhoc:
+        check_outputs(files=[("paths.metrics", metrics_dir / name) for name in OUTPUT_FILES])
     device = select_device(params.train.device)
     model = load_model(payload, device).eval()
     theory_path = Path(params.paths.metrics) / "theoretical_entropy.csv"
     theory = load_theoretical_entropy(theory_path)
-    frames = {name: read_split(params.paths.data, split) for name, split in SPLIT_NAMES.items()}
+    frames = {name: read_split(params.paths.data, split, params.data.reverse_answer)
+              for name, split in SPLIT_NAMES.items()}
     experiment_id = tracking.connect(params.mlflow.experiment)  # before the work: a bad server fails fast
+    clean_leftovers(params)
     if samples is not None and samples > min(len(frame) for frame in frames.values()):
         sizes = ", ".join(f"{name}: {len(frame)}" for name, frame in frames.items())
         print(f"--samples {samples} is more than some split holds ({sizes}): those are used whole", file=sys.stderr)
@@ -102,16 +118,20 @@ def run_evaluation(params: Params, checkpoint: Path, samples: int | None, verbos
                   f"sequence ECE (greedy) {summary['sequence_ece']['greedy']:.4f}  "
                   f"AUROC(semantic entropy) {summary['auroc']['semantic_entropy']}")
 
-    metrics_dir = Path(params.paths.metrics)
-    written = [metrics_dir / "eval.json"]
-    metrics_dir.mkdir(parents=True, exist_ok=True)
-    written[0].write_text(json.dumps(report, indent=2, default=float) + "\n")
-    for file_name, (_, columns) in TABLES.items():
-        pd.concat(tables[file_name], ignore_index=True)[["split", *columns]].to_csv(metrics_dir / file_name,
-                                                                                    index=False)
-        written.append(metrics_dir / file_name)
-
-    tracking.start_pipeline_run(experiment_id, payload.get("mlflow_run_id"), params.flat())
+    written = [metrics_dir / name for name in OUTPUT_FILES]
+    top = headline(report)
+    with output_set(written) as staged:  # all of them replace the previous set, or none does
+        staged(metrics_dir / REPORT_FILE).write_text(json.dumps(report, indent=2, default=float) + "\n")
+        staged(metrics_dir / HEADLINE_FILE).write_text(json.dumps(top, indent=2, default=float) + "\n")
+        for file_name, (_, columns) in TABLES.items():
+            pd.concat(tables[file_name], ignore_index=True)[["split", *columns]].to_csv(staged(metrics_dir / file_name),
+                                                                                        index=False)
+    if adhoc:
+        tracking.start_adhoc_run(experiment_id, logged_params, stage="evaluate", source=str(checkpoint))
+        print(f"ad-hoc evaluation written to {metrics_dir}/ (the pipeline's outputs and MLflow run are untouched)",
+              file=sys.stderr)
+    else:
+        tracking.start_pipeline_run(experiment_id, payload.get("mlflow_run_id"), logged_params)
     tracking.log_metrics(flatten_numbers(report))
     for path in [*written, theory_path, theory_path.with_suffix(".json")]:
         if path.exists():

@@ -1,12 +1,12 @@
 """The train stage: preflight checks, resume state, signals, DDP and MLflow around the `Trainer`.
 
-A run resumes from `paths.resume` only when its fingerprint (params, data bytes and the files the
-train stage runs) matches; SIGINT/SIGTERM write a checkpoint and mark the MLflow run KILLED.
+A run resumes from its own checkpoint in `paths.resume`, named by its fingerprint (params, data bytes and
+the files the train stage runs), which no other run writes or deletes; one training per checkout holds
+the lock there (`guards.hold_train_lock`). SIGINT/SIGTERM write a checkpoint and mark the MLflow run KILLED.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -20,12 +20,14 @@ import torch
 import torch.distributed as dist
 
 from language_entropy import tokenizer, tracking
-from language_entropy.checkpoint import load_checkpoint, model_payload, save_checkpoint
+from language_entropy.checkpoint import load_checkpoint, model_config_differences, model_payload, save_checkpoint
 from language_entropy.data import SPLITS, read_split, split_path
 from language_entropy.devices import select_device
 from language_entropy.errors import UserError
-from language_entropy.params import ModelConfig, Params
+from language_entropy.params import Params
 from language_entropy.pipeline.deps import ROOT, stage_files
+from language_entropy.pipeline.guards import clean_leftovers, hold_train_lock, release_train_lock
+from language_entropy.pipeline.outputs import check_outputs, output_set
 from language_entropy.training import (
     CURVE_LOSS_COLUMNS,
     Distributed,
@@ -74,7 +76,14 @@ def load_resume_state(path: Path, fingerprint: str, threads: int) -> tuple[dict 
     """The resume checkpoint if it belongs to this exact run (params, data, code, thread count), with the
     reason either way."""
     if not path.exists():
-        return None, "no resume checkpoint; starting fresh"
+        other_threads = sorted(path.parent.glob(f"resume-{fingerprint[:16]}-t*.pt"))
+        if other_threads:  # this run, interrupted with another thread count: its rest would not be bit-identical
+            names = ", ".join(other.name for other in other_threads)
+            return None, (f"{names} holds this run interrupted with another thread count (this run has {threads}, "
+                          "train.threads); starting fresh and leaving it for a run with its count")
+        others = sorted(other.name for other in path.parent.glob("resume-*.pt"))
+        kept = f" ({', '.join(others)}: other params, data or code, left for their runs)" if others else ""
+        return None, f"no resume checkpoint for these params, data and code; starting fresh{kept}"
     try:
         state = load_checkpoint(path)
     except UserError as error:
@@ -87,11 +96,16 @@ def load_resume_state(path: Path, fingerprint: str, threads: int) -> tuple[dict 
     return state, f"resuming from {path} at step {state['step']}"
 
 
-def model_config_differences(saved: dict, config: ModelConfig) -> list[str]:
-    """Keys where a checkpoint's model config differs from params, as `key: saved -> params`."""
-    current = dataclasses.asdict(config)
-    return [f"model.{key}: {saved.get(key)!r} -> {value!r}"
-            for key, value in current.items() if saved.get(key) != value]
+def resume_checkpoint_path(params: Params, fingerprint: str, threads: int) -> Path:
+    """This run's own resume checkpoint: another run (other params, data, code or thread count) never writes or
+    deletes it."""
+    return Path(params.paths.resume) / f"resume-{fingerprint[:16]}-t{threads}.pt"
+
+
+def check_train_outputs(params: Params) -> None:
+    check_outputs(files=[("paths.model", Path(params.paths.model)),
+                         ("paths.metrics", Path(params.paths.metrics) / "train_curve.csv")],
+                  dirs=[("paths.resume", Path(params.paths.resume)), ("paths.metrics", Path(params.paths.metrics))])
 
 
 def save_resume_state(path: Path, state: dict, fingerprint: str, run_id: str | None, threads: int) -> None:
@@ -112,6 +126,7 @@ def preflight(params: Params, base: Path | None) -> tuple[dict | None, dict[str,
     """Every check a user mistake can fail, before any training (and before torchrun starts workers,
     whose errors would end in its traceback): the base checkpoint, the data, the tracking store.
     Returns the base payload, the data splits and the MLflow experiment id."""
+    check_train_outputs(params)
     base_payload = None
     if base is not None:
         base_payload = load_checkpoint(base)
@@ -120,21 +135,25 @@ def preflight(params: Params, base: Path | None) -> tuple[dict | None, dict[str,
         differences = model_config_differences(base_payload["model_config"], params.model)
         if differences:
             raise UserError(f"--base {base} has another model config than params: {'; '.join(differences)}")
-    splits = {name: read_split(params.paths.data, name) for name in SPLITS}
+    splits = {name: read_split(params.paths.data, name, params.data.reverse_answer) for name in SPLITS}
     return base_payload, splits, tracking.connect(params.mlflow.experiment)
 
 
-def run_training(params: Params, base: Path | None = None) -> Path:
-    """The train stage: fresh, resumed or continued (`base`) training, logged to MLflow; returns the model path."""
+def run_training(params: Params, base: Path | None = None, wait: bool = False) -> Path:
+    """The train stage: fresh, resumed or continued (`base`) training, logged to MLflow; returns the model path.
+    Another training in this checkout makes it refuse at once, or with `wait` wait for it."""
     dist_info = init_distributed(params.train.device)
     device = select_device(params.train.device, dist_info.local_rank)
     base_payload, splits, experiment_id = preflight(params, base)
+    lock = hold_train_lock(Path(params.paths.resume), dist_info.is_main, wait)
+    if dist_info.is_main:
+        clean_leftovers(params, writers_gone=True)  # the lock is ours: no one else writes checkpoints here
 
-    resume_path = Path(params.paths.resume) / "last.pt"
     threads = torch.get_num_threads()  # fixed by the stage from train.threads before any work
     trajectory = {key: value for key, value in params.flat().items()
-                  if key.split(".")[0] in ("seed", "model", "loss", "train")} | {RESOLVED_THREADS_PARAM: threads}
+                  if key.split(".")[0] in ("seed", "model", "loss", "train") and key != "train.threads"}
     fingerprint = run_fingerprint(trajectory, [split_path(params.paths.data, name) for name in ("train", "val")], base)
+    resume_path = resume_checkpoint_path(params, fingerprint, threads)  # the thread count is in the name
     state, why = load_resume_state(resume_path, fingerprint, threads)
 
     trainer = Trainer(params.model, params.loss, params.train, params.seed, splits["train"]["text"].tolist(),
@@ -192,17 +211,17 @@ def run_training(params: Params, base: Path | None = None) -> Path:
 
     model_path = Path(params.paths.model)
     if dist_info.is_main:
-        metrics_dir = Path(params.paths.metrics)
-        metrics_dir.mkdir(parents=True, exist_ok=True)
-        curve_path = metrics_dir / "train_curve.csv"
-        result.curve.to_csv(curve_path, index=False)
-        save_checkpoint(model_path, {**model_payload(result.model), "optimizer": trainer.optimizer.state_dict(),
-                                     "vocab": tokenizer.VOCAB, "params": params.flat(), "mlflow_run_id": run_id,
-                                     "steps": trainer.step, "threads": threads})
+        curve_path = Path(params.paths.metrics) / "train_curve.csv"
+        with output_set([curve_path, model_path]) as staged:  # the curve and the model replace the old pair together
+            result.curve.to_csv(staged(curve_path), index=False)
+            save_checkpoint(staged(model_path), {
+                **model_payload(result.model), "optimizer": trainer.optimizer.state_dict(), "vocab": tokenizer.VOCAB,
+                "params": params.flat(), "mlflow_run_id": run_id, "steps": trainer.step, "threads": threads})
         tracking.log_artifact(str(curve_path))
         tracking.log_artifact(str(model_path), artifact_path="checkpoint")
         tracking.end_run()
         resume_path.unlink(missing_ok=True)  # finished: the next run of this stage starts fresh
+    release_train_lock(lock)
     if dist_info.world_size > 1:
         dist.barrier()
         dist.destroy_process_group()

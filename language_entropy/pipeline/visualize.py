@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -17,8 +18,13 @@ from language_entropy.evaluation import digit_blind_levels
 from language_entropy.measure import generation_prompts, greedy_right
 from language_entropy.model import ArithmeticDecoder, generate_batched
 from language_entropy.params import Params
+from language_entropy.pipeline.guards import checkpoint_params, clean_leftovers, interruptible
+from language_entropy.pipeline.outputs import adhoc_folder, check_outputs, output_set
 from language_entropy.problems import reorder_answer
 from language_entropy.theory import load_theoretical_entropy
+
+FIGURES = ["trajectories.png", "digit_geometry.png", "entropy_by_step.png", "entropy_during_training.png",
+           "training_curves.png", "reliability.png", "temperature.png"]
 
 
 def pick_problems(frame: pd.DataFrame, right: pd.Series, count: int) -> pd.DataFrame:
@@ -54,6 +60,23 @@ def collect_trajectories(model: ArithmeticDecoder, frame: pd.DataFrame, layers: 
     return trajectories
 
 
+def headline_lines(summary: dict[str, dict]) -> list[str]:
+    """metrics/summary.json as a few lines for the end of `dvc repro`."""
+    lines = []
+    for split, numbers in summary.items():
+        operations = "  ".join(f"{key.removeprefix('exact_match_')} {value:.4f}" for key, value in numbers.items()
+                               if key.startswith("exact_match_") and not key.startswith("exact_match_ci"))
+        line = (f"{split:<9} exact match {numbers['exact_match']:.4f} [{numbers['exact_match_ci_low']:.4f}, "
+                f"{numbers['exact_match_ci_high']:.4f}]  {operations}  entropy {numbers['mean_entropy_bits']:.4f} bits"
+                f"  sequence ECE {numbers['sequence_ece']:.4f}  perplexity {numbers['perplexity']:.4f}")
+        aurocs = {key.removeprefix("auroc_"): value for key, value in numbers.items() if key.startswith("auroc_")}
+        if aurocs:
+            line += "  AUROC " + " ".join(f"{name} {'undefined' if value is None else f'{value:.3f}'}"
+                                          for name, value in aurocs.items())
+        lines.append(line)
+    return lines
+
+
 def read_report(path: Path) -> dict:
     """metrics/eval.json, or a one-line error saying which stage makes it."""
     try:
@@ -65,15 +88,25 @@ def read_report(path: Path) -> dict:
             from None
 
 
-def run_visualization(params: Params) -> list[Path]:
-    """Draw every figure into `paths.plots` and log them to the model's MLflow run."""
-    checkpoint = Path(params.paths.model)
-    if not checkpoint.exists():
+@interruptible("visualize")
+def run_visualization(params: Params, base: Path | None = None) -> list[Path]:
+    """Draw every figure into `paths.plots` and log them to the model's MLflow run. `base`: the checkpoint
+    to draw instead of paths.model, used with its own model config when that differs from params; such a
+    run is ad hoc: its figures go to a new folder under reports/adhoc/ and a separate MLflow run tagged
+    `adhoc`, never to the pipeline's plots or run."""
+    adhoc = base is not None
+    checkpoint = base or Path(params.paths.model)
+    if not checkpoint.exists() and base is None:
         raise UserError(f"{checkpoint} not found: run `dvc repro train` first")
     payload = load_checkpoint(checkpoint)
+    logged_params = checkpoint_params(params, payload, checkpoint, as_is=base is not None)
     model = load_model(payload, select_device(params.train.device)).eval()
     experiment_id = tracking.connect(params.mlflow.experiment)  # before the work: a bad server fails fast
-    metrics, out, dpi = Path(params.paths.metrics), Path(params.paths.plots), params.viz.dpi
+    metrics, dpi = Path(params.paths.metrics), params.viz.dpi
+    out = adhoc_folder("visualize") if adhoc else Path(params.paths.plots)
+    if not adhoc:
+        check_outputs(files=[("paths.plots", out / name) for name in FIGURES], dirs=[("paths.plots", out)])
+    clean_leftovers(params)
     tables = {}
     for name, stage in (("train_curve", "train"), ("entropy_by_step", "evaluate"),
                         ("sequence_reliability", "evaluate"), ("temperature", "evaluate")):
@@ -82,27 +115,35 @@ def run_visualization(params: Params) -> list[Path]:
             raise UserError(f"{path} not found: run `dvc repro {stage}` first")
         tables[name] = pd.read_csv(path)
     report = read_report(metrics / "eval.json")
+    summary = read_report(metrics / "summary.json")
     theory = load_theoretical_entropy(metrics / "theoretical_entropy.csv")
     # validation entropy per step is a mean over every val answer still running: the matching reference
     # mixes the val split's buckets (both operations) with the same weights
-    reference = digit_blind_levels(theory, read_split(params.paths.data, "val"), [])
-
-    problems = pd.concat([read_split(params.paths.data, split) for split in ("test", "ood")], ignore_index=True)
-    trajectories = collect_trajectories(model, problems, list(params.viz.layers), params.viz.trajectories,
-                                        params.data.reverse_answer)
-    digits = model.tok_emb.weight[list(tokenizer.DIGIT_IDS)].detach().float().cpu().numpy()
-    figures = [
-        plots.plot_trajectories(trajectories, list(params.viz.layers), out / "trajectories.png", dpi),
-        plots.plot_digit_geometry(digits, out / "digit_geometry.png", dpi),
-        plots.plot_entropy_by_step(tables["entropy_by_step"], out / "entropy_by_step.png", dpi),
-        plots.plot_entropy_during_training(tables["train_curve"], reference, out / "entropy_during_training.png", dpi),
-        plots.plot_training_curves(tables["train_curve"], out / "training_curves.png", dpi),
-        plots.plot_reliability(tables["sequence_reliability"], out / "reliability.png", dpi,
-                               ece={split: report[split]["sequence_ece"] for split in report}),
-        plots.plot_temperature(tables["temperature"], out / "temperature.png", dpi),
-    ]
-    tracking.start_pipeline_run(experiment_id, payload.get("mlflow_run_id"), params.flat())
+    reference = digit_blind_levels(theory, read_split(params.paths.data, "val", params.data.reverse_answer), [])
+    problems = pd.concat([read_split(params.paths.data, split, params.data.reverse_answer)
+                          for split in ("test", "ood")], ignore_index=True)
+    figures = [out / name for name in FIGURES]
+    with output_set(figures) as staged:  # the figures replace the previous ones together, or none does
+        trajectories = collect_trajectories(model, problems, list(params.viz.layers), params.viz.trajectories,
+                                            params.data.reverse_answer)
+        digits = model.tok_emb.weight[list(tokenizer.DIGIT_IDS)].detach().float().cpu().numpy()
+        plots.plot_trajectories(trajectories, list(params.viz.layers), staged(out / "trajectories.png"), dpi)
+        plots.plot_digit_geometry(digits, staged(out / "digit_geometry.png"), dpi)
+        plots.plot_entropy_by_step(tables["entropy_by_step"], staged(out / "entropy_by_step.png"), dpi)
+        plots.plot_entropy_during_training(tables["train_curve"], reference,
+                                           staged(out / "entropy_during_training.png"), dpi)
+        plots.plot_training_curves(tables["train_curve"], staged(out / "training_curves.png"), dpi)
+        plots.plot_reliability(tables["sequence_reliability"], staged(out / "reliability.png"), dpi,
+                               ece={split: report[split]["sequence_ece"] for split in report})
+        plots.plot_temperature(tables["temperature"], staged(out / "temperature.png"), dpi)
+    if adhoc:
+        tracking.start_adhoc_run(experiment_id, logged_params, stage="visualize", source=str(checkpoint))
+        print(f"ad-hoc figures written to {out}/ (the pipeline's plots and MLflow run are untouched)", file=sys.stderr)
+    else:
+        tracking.start_pipeline_run(experiment_id, payload.get("mlflow_run_id"), logged_params)
     for figure in figures:
         tracking.log_artifact(str(figure), artifact_path="plots")
     tracking.end_run()
+    if not adhoc:
+        print(f"headline ({metrics / 'summary.json'}):", *headline_lines(summary), sep="\n  ")
     return figures
