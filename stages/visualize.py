@@ -19,8 +19,7 @@ def main() -> None:
     params = stage_params(args)
     from language_entropy.pipeline.visualize import run_visualization  # after the thread count is fixed
 
-    for figure in run_visualization(params, args.base):
-        print(f"wrote {figure}")
+    run_visualization(params, args.base)  # prints the figures it wrote, then the headline
 
 
 if __name__ == "__main__":

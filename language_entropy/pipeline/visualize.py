@@ -144,6 +144,7 @@ def run_visualization(params: Params, base: Path | None = None) -> list[Path]:
     for figure in figures:
         tracking.log_artifact(str(figure), artifact_path="plots")
     tracking.end_run()
+    print(*(f"wrote {figure}" for figure in figures), sep="\n")
     if not adhoc:
         print(f"headline ({metrics / 'summary.json'}):", *headline_lines(summary), sep="\n  ")
     return figures
