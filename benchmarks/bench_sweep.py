@@ -72,8 +72,8 @@ def sweep(workdir: Path, steps: int, threads: int | str, jobs: int, grid: dict[s
     run(["dvc", "repro", "--quiet", "generate-data", "compute-theoretical-entropy"], repo)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-q", "-m", "data and theory"], repo)
-    grid = [f"-S{name}={','.join(map(str, values))}" for name, values in grid.items()]
-    run(["dvc", "exp", "run", "--queue", "--quiet", *grid], repo)
+    flags = [f"-S{name}={','.join(map(str, values))}" for name, values in grid.items()]
+    run(["dvc", "exp", "run", "--queue", "--quiet", *flags], repo)
     start = time.perf_counter()
     run(["dvc", "exp", "run", "--run-all", "-j", str(jobs), "--quiet"], repo, timeout=3600)
     elapsed = time.perf_counter() - start

@@ -1,8 +1,10 @@
 """The researcher's daily loop, end to end on a tiny project: recovery from a failed experiment, MLflow run names."""
 
 import json
+import sys
 
 import mlflow
+import pandas as pd
 import pytest
 from conftest import run
 from mlflow.tracking import MlflowClient
@@ -52,6 +54,7 @@ def test_dvc_plots_render_one_series_per_split_and_operation_and_nothing_unasked
     run(["dvc", "repro", "--quiet"], tiny_project)
     shown = json.loads(run(["dvc", "plots", "show", "--json"], tiny_project).stdout)
     assert "errors" not in shown, shown.get("errors")
+    shown = shown["data"]
     names = list(shown)
     csv_plots = [name for name in names if not name.endswith(".png")]
     assert csv_plots == ["validation exact match", "training and validation loss",
@@ -63,3 +66,51 @@ def test_dvc_plots_render_one_series_per_split_and_operation_and_nothing_unasked
     assert {(row["split"], row["operation"]) for row in rows} == {
         (split, op) for split in ("test", "test_ood") for op in ("add", "sub")}
     assert entropy["encoding"]["color"]["field"] == "series"  # one line per split and operation
+
+
+def test_a_queued_two_by_two_sweep_gives_a_report_of_two_configurations_with_two_seeds(tiny_project):
+    run(["dvc", "exp", "run", "--queue", "--quiet", "-S", "mlflow.study=tiny-study", "-S", "train.threads=1",
+         "-S", "loss.entropy_weight=0,0.1", "-S", "seed=0,1"], tiny_project)
+    run(["dvc", "exp", "run", "--run-all", "-j", "2"], tiny_project, timeout=900)
+    run([sys.executable, "stages/compare.py", "--study", "tiny-study", "--out-dir", "reports"], tiny_project)
+    summary = pd.read_csv(tiny_project / "reports" / "tiny-study" / "summary.csv")
+    assert len(summary) == 2
+    assert sorted(summary["loss.entropy_weight"].astype(float)) == [0.0, 0.1]
+    assert (summary["test.exact_match.n"] == 2).all()  # two seeds each, every one a queued experiment
+    assert (tiny_project / "reports" / "tiny-study" / "summary.md").is_file()
+
+
+HEADLINE_KEYS = {"exact_match", "exact_match_ci_low", "exact_match_ci_high", "exact_match_add", "exact_match_sub",
+                 "mean_entropy_bits", "sequence_ece", "perplexity"}
+OOD_DETECTORS = {"auroc_semantic_entropy", "auroc_token_entropy", "auroc_sequence_nll"}
+
+
+def test_headline_adhoc_runs_and_a_narrow_exp_show(tiny_project):
+    run(["dvc", "repro", "--quiet"], tiny_project)
+    summary = json.loads((tiny_project / "metrics" / "summary.json").read_text())
+    assert set(summary) == {"test", "test_ood"}
+    assert set(summary["test"]) == HEADLINE_KEYS and set(summary["test_ood"]) == HEADLINE_KEYS | OOD_DETECTORS
+    assert sum(len(numbers) for numbers in summary.values()) <= 20
+    run(["git", "add", "-A"], tiny_project)
+    run(["git", "commit", "-q", "-m", "results"], tiny_project)
+
+    # an ad-hoc evaluation writes under reports/adhoc/ and into a run of its own, nothing of the pipeline's
+    metrics_before = {p.name: p.read_bytes() for p in (tiny_project / "metrics").iterdir()}
+    mlflow.set_tracking_uri(f"sqlite:///{tiny_project / 'mlflow.db'}")
+    (pipeline_run,) = mlflow.search_runs(experiment_names=["tiny"])["run_id"]
+    before = MlflowClient().get_run(pipeline_run).data.metrics
+    done = run([sys.executable, "stages/evaluate.py", "--samples", "5", "--verbose"], tiny_project)
+    assert "ad-hoc evaluation written to reports/adhoc/" in done.stderr
+    assert {p.name: p.read_bytes() for p in (tiny_project / "metrics").iterdir()} == metrics_before
+    assert MlflowClient().get_run(pipeline_run).data.metrics == before
+    runs = mlflow.search_runs(experiment_names=["tiny"])
+    adhoc = runs[runs["run_id"] != pipeline_run]
+    assert adhoc["tags.adhoc"].tolist() == ["true"] and adhoc["metrics.test.n_problems"].tolist() == [5.0]
+    (folder,) = (tiny_project / "reports" / "adhoc").iterdir()
+    assert json.loads((folder / "eval.json").read_text())["test"]["n_problems"] == 5
+    assert run(["git", "status", "--porcelain"], tiny_project).stdout == ""  # nothing DVC or git tracks changed
+
+    run(["dvc", "exp", "run", "--quiet", "-S", "loss.entropy_weight=0.2"], tiny_project)
+    table = run(["dvc", "exp", "show", "--only-changed", "--csv"], tiny_project).stdout
+    header = table.splitlines()[0].split(",")
+    assert "loss.entropy_weight" in header and len(header) < 40, header

@@ -332,9 +332,13 @@ def test_a_checkpoint_of_another_model_config_is_refused_unless_base(project):
         line = one_line_error(stage(project, name, "--params", "other.yaml", check=False))
         assert "models/model.pt was trained with another model config than params (model.n_embd: 32 -> 64)" in line
     runs_before = runs_of(project)
+    metrics_before = snapshot(project / "metrics")
     stage(project, "evaluate", "--params", "other.yaml", "--base", "models/model.pt")
     runs = runs_of(project)
-    assert len(runs) == len(runs_before) and set(runs["params.model.n_embd"]) == {"32"}  # the checkpoint's config
+    new = runs[~runs["run_id"].isin(runs_before["run_id"])]  # --base is ad hoc: a run of its own
+    assert len(new) == 1 and new["params.model.n_embd"].tolist() == ["32"]  # the checkpoint's config
+    assert new["tags.adhoc"].tolist() == ["true"]
+    assert set(runs_before["params.model.n_embd"]) == {"32"} and snapshot(project / "metrics") == metrics_before
 
 
 @pytest.mark.slow

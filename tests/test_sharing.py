@@ -61,7 +61,7 @@ def test_pipeline_logs_to_a_real_mlflow_server(tiny_project, mlflow_server, tmp_
     assert logged.data.params["loss.entropy_weight"] == "0.0"
     assert logged.data.params["data.digits.max"] == "2"
     assert 0.0 <= logged.data.metrics["test.exact_match"] <= 1.0
-    assert [m.step for m in client.get_metric_history(logged.info.run_id, "val_loss")] == [10, 20]
+    assert [m.step for m in client.get_metric_history(logged.info.run_id, "val_loss")] == [0, 10, 20]
     local = client.download_artifacts(logged.info.run_id, "checkpoint/model.pt", str(tmp_path))
     payload = torch.load(local, map_location="cpu", weights_only=True)
     assert payload["mlflow_run_id"] == logged.info.run_id
