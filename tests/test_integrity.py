@@ -315,6 +315,11 @@ def test_a_second_training_is_refused_and_the_first_keeps_its_resume_state(proje
                              env=git_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         said = next(line for line in again.stderr if line.startswith(("resuming", "no resume")))
+        # interrupt only once the loop runs (a new checkpoint is written): a signal before the stage installs
+        # its handler is not what this test is about
+        written, deadline = resume.stat().st_mtime_ns, time.time() + 60
+        while resume.stat().st_mtime_ns == written and time.time() < deadline and again.poll() is None:
+            time.sleep(0.05)
     finally:
         again.send_signal(signal.SIGINT)
         again.communicate(timeout=60)
