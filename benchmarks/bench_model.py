@@ -23,7 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from language_entropy.data import encode_batch, with_text  # noqa: E402
+from language_entropy.batches import encode_batch  # noqa: E402
+from language_entropy.data import with_text  # noqa: E402
 from language_entropy.losses import compute_losses  # noqa: E402
 from language_entropy.model import ArithmeticDecoder  # noqa: E402
 from language_entropy.params import DigitRange, LossConfig, ModelConfig  # noqa: E402

@@ -1,4 +1,5 @@
-"""The data splits: drawn problems deduplicated into disjoint splits, saved, loaded, and batched for the model.
+"""The data splits: drawn problems deduplicated into disjoint splits, saved and loaded (`batches` turns
+their texts into tensors).
 
 Problems come from `language_entropy.problems` (the distribution and the answer format). The
 splits are disjoint; a small bucket (1x1 digits holds 100 problems per operation) simply runs out
@@ -12,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from language_entropy import tokenizer
 from language_entropy.errors import UserError
@@ -180,25 +180,3 @@ def _earliest(checks: list) -> str | None:
 def prompt_of(text: str) -> str:
     """The prompt part of a problem's text, up to and including '='."""
     return text[: text.index(tokenizer.EQUALS) + 1]
-
-
-def encode_batch(texts: list[str], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Tokens (BOS + text, right-padded) and the masks the losses need.
-
-    tokens: (B, T); answer_mask: (B, T-1) targets after '=' (answer digits, sign and EOS);
-    valid_mask: (B, T-1) input positions that are not padding.
-    """
-    encoded = [[tokenizer.BOS_ID, *tokenizer.encode(text)] for text in texts]
-    width = max(len(ids) for ids in encoded)
-    tokens = torch.full((len(encoded), width), tokenizer.PAD_ID, dtype=torch.long)
-    for row, ids in enumerate(encoded):
-        tokens[row, : len(ids)] = torch.tensor(ids)
-    return batch_from_tokens(tokens.to(device))
-
-
-def batch_from_tokens(tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The masks the losses need, for right-padded tokens (B, T)."""
-    inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    after_equals = torch.cumsum(inputs == tokenizer.EQUALS_ID, dim=1) > 0
-    return {"tokens": tokens, "answer_mask": after_equals & (targets != tokenizer.PAD_ID),
-            "valid_mask": inputs != tokenizer.PAD_ID}

@@ -13,7 +13,8 @@ import pandas as pd
 import torch
 
 from language_entropy import tokenizer
-from language_entropy.data import encode_batch, prompt_of
+from language_entropy.batches import encode_batch
+from language_entropy.data import prompt_of
 from language_entropy.entropy import NATS_TO_BITS, entropy_bits_from_probs, entropy_from_logits
 from language_entropy.losses import continuity_distance, continuity_pair_mask, select_hidden
 from language_entropy.model import ArithmeticDecoder, generate_batches

@@ -8,7 +8,7 @@ Positional information (`ModelConfig.pos_encoding`):
 - ``learned``: an absolute position table of max_seq_len rows added to the token embeddings.
 - ``rope``: rotary embeddings on queries and keys, nothing added to the embeddings.
 - ``abacus`` (McLeish et al. 2024): a learned table indexed by each digit's place value
-  (`tokenizer.place_value_positions`, 0 for non-digits). Nothing else says where a token is:
+  (`batches.place_value_positions`, 0 for non-digits). Nothing else says where a token is:
   the causal mask alone gives the order. In training every sequence's non-zero indices are
   shifted by one random offset in [0, abacus_max_offset], so the rows beyond the trained lengths
   are trained too and longer numbers than seen still line up digit by digit.
@@ -27,16 +27,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from language_entropy.batches import is_digit, place_value_positions
 from language_entropy.params import ModelConfig
-from language_entropy.tokenizer import (
-    BOS_ID,
-    EOS_ID,
-    EQUALS_ID,
-    PAD_ID,
-    VOCAB_SIZE,
-    is_digit,
-    place_value_positions,
-)
+from language_entropy.tokenizer import BOS_ID, EOS_ID, EQUALS_ID, PAD_ID, VOCAB_SIZE
 
 # ----------------------------------------------------------------------------------------------
 # Rotary position embedding

@@ -83,7 +83,7 @@ POS_ENCODINGS = ("abacus", "rope", "learned")
 @dataclass(frozen=True)
 class ModelConfig:
     n_layer: int = 3
-    n_head: int = 4
+    n_head: int = 6
     n_embd: int = 96
     dropout: float = 0.0
     pos_encoding: str = "abacus"
@@ -151,10 +151,10 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 4000
+    steps: int = 1500
     batch_size: int = 128
-    lr: float = 2e-3
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 100
     weight_decay: float = 0.1
     grad_clip: float = 1.0

@@ -11,6 +11,7 @@ for one run alone; a sweep that runs N experiments side by side on N cores sets 
 from __future__ import annotations
 
 import os
+import sys
 
 LIBRARY_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -30,13 +31,13 @@ def resolve_threads(setting: int | str) -> int:
 def apply_threads(setting: int | str) -> int:
     """Fix the thread count of this process (and of the processes it starts) and return it.
 
-    The libraries read their variables when they load, so a stage calls this before importing torch
-    or numpy; torch's own setting is applied too, which also works after it was imported.
+    The libraries read their variables when they load (torch takes OMP_NUM_THREADS as its count), so a
+    stage calls this before importing torch or numpy; a torch already loaded is set directly. Torch is
+    not imported here: the data stage never needs it (0.9 s of its 1.9 s).
     """
     threads = resolve_threads(setting)
     os.environ.update({name: str(threads) for name in LIBRARY_THREAD_VARIABLES})
     os.environ.update(OMP_DYNAMIC="FALSE", MKL_DYNAMIC="FALSE")  # no fewer threads than asked under load
-    import torch  # here, after the variables are set: importing it starts the libraries
-
-    torch.set_num_threads(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
     return threads

@@ -6,8 +6,6 @@ Special tokens have printable characters so that a whole training sequence is a 
 
 from __future__ import annotations
 
-import torch
-
 PAD, BOS, EOS = "_", "^", "$"
 DIGITS = "0123456789"
 OPERATOR_SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
@@ -30,8 +28,8 @@ def encode(text: str) -> list[int]:
 
 
 def decode(ids) -> str:
-    """The text of token ids (any iterable of ints, or a 1-D tensor)."""
-    if isinstance(ids, torch.Tensor):
+    """The text of token ids (any iterable of ints, or a 1-D tensor or array)."""
+    if hasattr(ids, "tolist"):
         ids = ids.tolist()
     try:
         return "".join(VOCAB[i] for i in ids)
@@ -43,27 +41,3 @@ def decode(ids) -> str:
 def emitted_answer(ids) -> str:
     """The generated answer text in emitted order: everything before EOS (or padding)."""
     return decode(ids).split(EOS)[0].split(PAD)[0]
-
-
-def is_digit(ids: torch.Tensor) -> torch.Tensor:
-    return (ids >= DIGIT_IDS.start) & (ids < DIGIT_IDS.stop)
-
-
-def place_value_positions(ids: torch.Tensor) -> torch.Tensor:
-    """Abacus position of every token (McLeish et al. 2024), 0 for non-digits.
-
-    In an operand (before '=') a digit's index counts from the operand's last digit (units = 1),
-    so digits of equal place value share an index. In the answer (after '=') it counts from the
-    answer's first emitted digit, the only order a causal model can know while generating; with
-    reversed answers that is again the units digit. ids: (B, T) -> (B, T) long.
-    """
-    digit = is_digit(ids)
-    after_equals = torch.cumsum(ids == EQUALS_ID, dim=1) > 0
-    return torch.where(after_equals, _run_index(digit), _run_index(digit.flip(1)).flip(1)) * digit
-
-
-def _run_index(mask: torch.Tensor) -> torch.Tensor:
-    """1, 2, 3 ... along each run of True in `mask` (B, T), 0 elsewhere."""
-    count = torch.cumsum(mask.long(), dim=1)
-    count_at_breaks = torch.where(mask, torch.zeros_like(count), count)
-    return count - torch.cummax(count_at_breaks, dim=1).values

@@ -30,6 +30,7 @@ import mlflow
 import yaml
 from filelock import FileLock
 from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from language_entropy.errors import UserError
@@ -40,6 +41,7 @@ STORE_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
 SERVER_PROBE_TIMEOUT_S = 5
 PARAMS_DIGEST_TAG = "params_digest"
+SCHEMA_ROWS = 1000  # rows a logged split's schema is inferred from
 
 
 def project_root() -> Path:
@@ -273,7 +275,11 @@ def log_params(params: dict[str, object]) -> None:
 
 @retry_locked
 def log_dataset(frame, source: Path, split: str) -> None:
-    """Record a data split as a run input, with MLflow's content digest."""
+    """Record a data split as a run input, with MLflow's content digest and schema."""
     with warnings.catch_warnings():  # schema inference warns that integer columns cannot hold missing values
         warnings.simplefilter("ignore", UserWarning)
-        mlflow.log_input(mlflow.data.from_pandas(frame, source=str(source), name=split), context=split)
+        dataset = mlflow.data.from_pandas(frame, source=str(source), name=split)
+        # MLflow's own inference walks every value (1 s on the 100k-row train split); each column holds one
+        # dtype, so the first rows give the same schema
+        dataset.schema = infer_signature(frame.head(SCHEMA_ROWS)).inputs
+        mlflow.log_input(dataset, context=split)

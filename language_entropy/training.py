@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from language_entropy import tokenizer
-from language_entropy.data import batch_from_tokens, encode_batch
+from language_entropy.batches import batch_from_tokens, encode_batch
 from language_entropy.errors import UserError
 from language_entropy.losses import AdaptiveEntropyCoefficient, compute_losses, entropy_coefficient
 from language_entropy.measure import continuity_stats, greedy_exact_match, teacher_forced_stats

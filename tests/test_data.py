@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from language_entropy import tokenizer
-from language_entropy.data import DataSpaceError, encode_batch, generate_splits
+from language_entropy.batches import encode_batch
+from language_entropy.data import DataSpaceError, generate_splits
 from language_entropy.params import DataConfig, DigitRange
 from language_entropy.problems import draw_problems, reorder_answer, space_size
 

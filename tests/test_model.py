@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from language_entropy.batches import place_value_positions
 from language_entropy.model import ArithmeticDecoder, _choose, generate_batched
 from language_entropy.params import POS_ENCODINGS, ModelConfig
 from language_entropy.tokenizer import (
@@ -15,7 +16,6 @@ from language_entropy.tokenizer import (
     STOI,
     VOCAB_SIZE,
     encode,
-    place_value_positions,
 )
 
 SMALL = dict(n_layer=2, n_head=2, n_embd=32, max_seq_len=40)

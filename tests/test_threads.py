@@ -31,6 +31,16 @@ def test_apply_threads_sets_torch_and_the_math_libraries_before_they_load():
     assert done.stdout.split() == ["1", "1", "1", "FALSE"], done.stderr
 
 
+def test_apply_threads_loads_no_torch_and_sets_one_already_loaded():
+    """The data stage never pays torch's import (0.9 s): neither the thread set-up nor the data code loads it."""
+    code = ("import sys; from language_entropy.threads import apply_threads; apply_threads(1); "
+            "import language_entropy.data, language_entropy.pipeline.outputs; print('torch' in sys.modules); "
+            "import torch; apply_threads(2); print(torch.get_num_threads())")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env=git_env())
+    assert done.stdout.split() == ["False", "2"], done.stderr
+
+
 def test_a_resume_state_of_another_thread_count_is_not_used_and_is_kept(tmp_path):
     params = Params(paths=PathsConfig(resume=str(tmp_path)))
     two = resume_checkpoint_path(params, "abc", threads=2)

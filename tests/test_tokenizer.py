@@ -1,9 +1,9 @@
-"""The character tokenizer: round trips, errors, and place-value (abacus) positions."""
+"""The character tokenizer (round trips, errors) and the place-value (abacus) positions of its ids."""
 
 import pytest
 import torch
 
-from language_entropy import tokenizer
+from language_entropy import batches, tokenizer
 from language_entropy.problems import reorder_answer
 
 
@@ -37,9 +37,9 @@ def test_emitted_answer_stops_at_eos_or_padding_and_reorders_to_the_written_answ
 def test_place_value_positions_on_a_worked_example():
     ids = torch.tensor([tokenizer.encode("^123+4567=0961$__")])
     expected = [0, 3, 2, 1, 0, 4, 3, 2, 1, 0, 1, 2, 3, 4, 0, 0, 0]
-    assert tokenizer.place_value_positions(ids).tolist() == [expected]
+    assert batches.place_value_positions(ids).tolist() == [expected]
 
 
 def test_place_value_positions_of_a_negative_answer_skip_the_sign():
     ids = torch.tensor([tokenizer.encode("^7-12=-5$")])
-    assert tokenizer.place_value_positions(ids).tolist() == [[0, 1, 0, 2, 1, 0, 0, 1, 0]]
+    assert batches.place_value_positions(ids).tolist() == [[0, 1, 0, 2, 1, 0, 0, 1, 0]]
