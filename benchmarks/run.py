@@ -1,6 +1,7 @@
 """The benchmark suite: every speed figure of the project, measured the same way each time.
 
-    python benchmarks/run.py [--repeats 3] [--skip-time-to-99] [--skip-sweep] [--mingpt DIR] [--smoke]
+    python benchmarks/run.py [--repeats 3] [--skip-time-to-99] [--skip-sweep] [--skip-startup] [--mingpt DIR]
+                             [--smoke]
                              [--out metrics/benchmark.json]
 
 Prints one JSON object and writes it to `--out`. Each figure is the median of `--repeats` runs after
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench_mingpt
 import bench_model
+import bench_startup
 import bench_sweep
 import bench_theory
 
@@ -109,6 +111,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-time-to-99", action="store_true", help="skip the few-minute training benchmark")
     parser.add_argument("--skip-sweep", action="store_true", help="skip the few-minute queued-sweep benchmark")
+    parser.add_argument("--skip-startup", action="store_true",
+                        help="skip the stage start-up benchmark (runs the default pipeline once)")
     parser.add_argument("--mingpt", type=Path, help="a karpathy/minGPT checkout: time its adder beside ours")
     parser.add_argument("--smoke", action="store_true", help="tiny workloads: check the suite runs, not its speed")
     parser.add_argument("--out", type=Path, default=ROOT / "metrics" / "benchmark.json")
@@ -137,6 +141,8 @@ def main() -> None:
             figures.update(bench_mingpt.time_to_99(args.mingpt, eval_every=50))
             ours, theirs = figures["time_to_99_add3_s"], figures["mingpt_add3_time_to_99_s"]
             figures["time_to_99_add3_vs_mingpt"] = ours / theirs if ours and theirs else None
+    if not args.skip_startup:
+        figures.update(bench_startup.stage_startup(smoke=args.smoke))
     if not args.skip_sweep:
         figures.update(bench_sweep.run_sweeps(steps=10 if args.smoke else 400, smoke=args.smoke))
 

@@ -160,7 +160,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     eval_every: int = 500
     log_every: int = 25  # training loss and learning rate as MLflow step metrics (validation: eval_every)
-    checkpoint_every: int = 1000
+    checkpoint_every: int = 500
     device: str = "auto"
     compile: bool = False
     nproc_per_node: int = 1  # > 1: the stage relaunches itself through torchrun (DDP)
