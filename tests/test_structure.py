@@ -13,7 +13,7 @@ from language_entropy.pipeline.deps import stage_files
 from language_entropy.pipeline.train import run_fingerprint
 
 COMPONENTS = ["model", "losses", "measure", "entropy", "evaluation", "uncertainty", "training", "plots", "data",
-              "problems", "tokenizer", "checkpoint", "theory/table"]
+              "problems", "tokenizer", "batches", "checkpoint", "theory/table"]
 
 
 def declared_code_deps(stage: dict) -> set[str]:
