@@ -225,7 +225,7 @@ import torch  # noqa: E402
 from language_entropy import tokenizer  # noqa: E402
 from language_entropy.data import generate_splits, prompt_of  # noqa: E402
 from language_entropy.evaluation import BUCKET_KEYS, digit_blind_levels, evaluate_split  # noqa: E402
-from language_entropy.measure import continuity_stats, expected_answers, teacher_forced_stats  # noqa: E402
+from language_entropy.measure import continuity_stats, expected_answers, generation_prompts, teacher_forced_stats  # noqa: E402
 from language_entropy.model import ArithmeticDecoder  # noqa: E402
 from language_entropy.params import (  # noqa: E402
     DataConfig,
@@ -407,12 +407,13 @@ def test_fit_validates_on_the_early_schedule_with_continuity_readings(trained):
     assert curve["val_hidden_norm"].notna().all()
 
 
-def answer_probability(model: ArithmeticDecoder, text: str, answer: str) -> float:
-    """P(answer + EOS | prompt) by full forward passes, PAD and BOS removed from each step's distribution."""
+def answer_probability(model: ArithmeticDecoder, text: str, answer: str, ended: bool = True) -> float:
+    """P(answer + EOS | prompt) by full forward passes, PAD and BOS removed from each step's distribution;
+    without the EOS factor when not `ended` (a sample cut by the generation budget before its EOS)."""
     ids = [tokenizer.BOS_ID, *tokenizer.encode(prompt_of(text))]
     probability = 1.0
     with torch.no_grad():
-        for token in [*tokenizer.encode(answer), tokenizer.EOS_ID]:
+        for token in [*tokenizer.encode(answer), *([tokenizer.EOS_ID] if ended else [])]:
             logits = model(torch.tensor([ids]))[0, -1].double()
             logits[[tokenizer.PAD_ID, tokenizer.BOS_ID]] = -math.inf
             probability *= float(torch.softmax(logits, dim=-1)[token])
@@ -474,7 +475,9 @@ def test_sequence_calibration_equals_an_independent_recomputation(trained, readi
             brier_score_loss(right[mask], confidence[mask]), abs=1e-5)
     # one sample at T=1: its confidence is the probability of the answer that was sampled
     sampled = report.problems["answer_sampled_t1"].tolist()
-    sampled_confidence = np.array([answer_probability(model, text, s) for text, s in zip(texts, sampled, strict=True)])
+    _, budget = generation_prompts(texts)  # a sample that filled it emitted no EOS: its tokens are all it has
+    sampled_confidence = np.array([answer_probability(model, text, s, ended=len(s) < budget)
+                                   for text, s in zip(texts, sampled, strict=True)])
     sampled_right = np.array([s == e for s, e in zip(sampled, expected, strict=True)])
     np.testing.assert_allclose(report.problems["confidence_sampled_t1"], sampled_confidence, rtol=1e-4)
     assert summary["sequence_ece"]["sampled_t1"] == pytest.approx(ece_by_loops(sampled_confidence, sampled_right, 10),
