@@ -194,7 +194,11 @@ class ArithmeticDecoder(nn.Module):
     def abacus_indices(self, idx: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
         """Rows of the abacus table for `idx` (B, T): place values, shifted in training.
 
-        One offset per sequence, added to every digit's index; non-digits keep row 0. The trainer
+        One offset per sequence, added to every digit's index and, with `abacus_offset_equals`, to the
+        '=' (row 0 + offset: the answer's place 0). Without it '=' cannot tell the offset, so the query
+        that emits the first answer digit must find the units digits (whose rows move with the offset)
+        some other way: trained on 3-digit additions alone, the model can stall near 10% with that digit
+        wrong 90% of the time. Other non-digits keep row 0. The trainer
         passes `offset` (B,) drawn for the whole global batch, so that N DDP ranks shift their rows
         exactly as one process would; without it, training draws from the global torch RNG. At eval
         (not self.training) no offset.
@@ -204,7 +208,10 @@ class ArithmeticDecoder(nn.Module):
         if self.training and max_offset > 0:
             if offset is None:
                 offset = torch.randint(0, max_offset + 1, (idx.shape[0],), device=idx.device)
-            place = torch.where(place > 0, place + offset.to(idx.device)[:, None], place)  # (B, T)
+            shifted = place > 0
+            if self.config.abacus_offset_equals:
+                shifted = shifted | (idx == EQUALS_ID)
+            place = torch.where(shifted, place + offset.to(idx.device)[:, None], place)  # (B, T)
         return place
 
     def _embed(self, idx: torch.Tensor, start: int, place: torch.Tensor | None) -> torch.Tensor:

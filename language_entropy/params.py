@@ -88,6 +88,7 @@ class ModelConfig:
     dropout: float = 0.0
     pos_encoding: str = "abacus"
     abacus_max_offset: int = 4  # random place-value offset in training, so longer numbers than seen still align
+    abacus_offset_equals: bool = False  # '=' takes the offset too (the answer's place 0): see README, Speed
     max_seq_len: int = 96  # longest token sequence (prompt + answer + bos/eos); also the position table size
 
     def __post_init__(self):

@@ -12,6 +12,7 @@ from language_entropy.params import POS_ENCODINGS, ModelConfig
 from language_entropy.tokenizer import (
     BOS_ID,
     EOS_ID,
+    EQUALS_ID,
     PAD_ID,
     STOI,
     VOCAB_SIZE,
@@ -112,21 +113,31 @@ def test_abacus_indices_follow_place_values():
 
 
 def test_abacus_training_offset_is_one_per_sequence_and_seeded():
-    config = ModelConfig(pos_encoding="abacus", abacus_max_offset=4)
+    config = ModelConfig(pos_encoding="abacus", abacus_max_offset=4, abacus_offset_equals=True)
     model = ArithmeticDecoder(config).train()
     idx = torch.tensor([encode("^123+4567=")] * 200)
     base = place_value_positions(idx)
     torch.manual_seed(3)
     shifted = model.abacus_indices(idx)
     offset = shifted - base
-    digit = base > 0
-    assert torch.equal(offset[~digit], torch.zeros_like(offset[~digit]))  # non-digits keep row 0
+    moved = (base > 0) | (idx == EQUALS_ID)  # digits, and '=' as the answer's place 0
+    assert torch.equal(offset[~moved], torch.zeros_like(offset[~moved]))  # BOS and operators keep row 0
     per_row = offset[:, 1]
-    assert torch.equal(offset * digit, per_row[:, None] * digit)  # one offset for the whole sequence
+    assert torch.equal(offset * moved, per_row[:, None] * moved)  # one offset for the whole sequence
+    assert torch.equal(shifted[:, -1], per_row)  # '=' sits at row 0 + offset
     assert set(per_row.tolist()) == {0, 1, 2, 3, 4}
     torch.manual_seed(3)
     assert torch.equal(model.abacus_indices(idx), shifted)  # the global RNG reproduces it
     assert int(shifted.max()) < model.pos_emb.num_embeddings
+
+
+def test_by_default_only_digits_take_the_offset():
+    model = ArithmeticDecoder(ModelConfig(pos_encoding="abacus")).train()
+    idx = torch.tensor([encode("^123+4567=")] * 2)
+    shifted = model.abacus_indices(idx, offset=torch.tensor([0, 3]))
+    assert shifted.tolist() == [[0, 3, 2, 1, 0, 4, 3, 2, 1, 0], [0, 6, 5, 4, 0, 7, 6, 5, 4, 0]]
+    with_equals = ArithmeticDecoder(ModelConfig(pos_encoding="abacus", abacus_offset_equals=True)).train()
+    assert with_equals.abacus_indices(idx, offset=torch.tensor([0, 3]))[:, -1].tolist() == [0, 3]
 
 
 def test_abacus_generation_uses_place_values_of_the_full_sequence():
