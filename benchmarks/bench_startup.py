@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench_sweep  # noqa: E402
 
-from language_entropy.pipeline.scratch import git_env, make_project  # noqa: E402
+from language_entropy.pipeline.scratch import make_project, run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["generate_data", "compute_theoretical_entropy", "train", "evaluate", "visualize"]
@@ -61,10 +61,9 @@ def import_seconds(stderr: str) -> float:
 
 
 def timed(args: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
+    """Wall seconds of `args` run in `cwd` (a failure raises with its output), and its result."""
     start = time.perf_counter()
-    done = subprocess.run(args, cwd=cwd, env=git_env(), capture_output=True, text=True, timeout=900)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed:\n{done.stderr[-2000:]}")
+    done = run(args, cwd, timeout=900)
     return time.perf_counter() - start, done
 
 
@@ -79,8 +78,8 @@ def stage_startup(smoke: bool) -> dict[str, float]:
             imports = import_seconds(done.stderr)
             figures.update({f"startup_{stage}_wall_s": wall, f"startup_{stage}_imports_s": imports,
                             f"startup_{stage}_imports_share": imports / wall})
+        (project / "mlflow.db").unlink()  # the stages made it: the first set-up below creates a new one
         for store in ("fresh_store", "existing_store"):
-            (project / "mlflow.db").unlink(missing_ok=True) if store == "fresh_store" else None
             _, done = timed([sys.executable, "-c", MLFLOW_SETUP], project)
             for name, seconds in json.loads(done.stdout).items():
                 figures[f"mlflow_{store}_{name}"] = seconds
