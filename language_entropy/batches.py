@@ -48,6 +48,16 @@ def place_value_positions(ids: torch.Tensor) -> torch.Tensor:
     return torch.where(after_equals, _run_index(digit), _run_index(digit.flip(1)).flip(1)) * digit
 
 
+def emits_first_answer_digit(ids: torch.Tensor) -> torch.Tensor:
+    """True at the answer's tokens before its first digit: '=' and a leading '-' (B, T) -> (B, T) bool.
+
+    The last of them is the query that predicts the first answer digit (the units, when reversed).
+    """
+    after_equals = torch.cumsum(ids == tokenizer.EQUALS_ID, dim=1) > 0
+    answer_digits_so_far = torch.cumsum(is_digit(ids) & after_equals, dim=1)
+    return after_equals & (answer_digits_so_far == 0)
+
+
 def _run_index(mask: torch.Tensor) -> torch.Tensor:
     """1, 2, 3 ... along each run of True in `mask` (B, T), 0 elsewhere."""
     count = torch.cumsum(mask.long(), dim=1)

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from language_entropy.batches import is_digit, place_value_positions
+from language_entropy.batches import emits_first_answer_digit, is_digit, place_value_positions
 from language_entropy.params import ModelConfig
 from language_entropy.tokenizer import BOS_ID, EOS_ID, EQUALS_ID, PAD_ID, VOCAB_SIZE
 
@@ -195,13 +195,13 @@ class ArithmeticDecoder(nn.Module):
         """Rows of the abacus table for `idx` (B, T): place values, shifted in training.
 
         One offset per sequence, added to every digit's index and, with `abacus_offset_equals`, to the
-        '=' (row 0 + offset: the answer's place 0). Without it '=' cannot tell the offset, so the query
-        that emits the first answer digit must find the units digits (whose rows move with the offset)
-        some other way: trained on 3-digit additions alone, the model can stall near 10% with that digit
-        wrong 90% of the time. Other non-digits keep row 0. The trainer
-        passes `offset` (B,) drawn for the whole global batch, so that N DDP ranks shift their rows
-        exactly as one process would; without it, training draws from the global torch RNG. At eval
-        (not self.training) no offset.
+        answer's tokens before its first digit ('=' and a negative answer's '-': row 0 + offset, the
+        answer's place 0). Without it those tokens cannot tell the offset, so the query that emits the
+        first answer digit must find the units digits (whose rows move with the offset) some other way:
+        trained on 3-digit additions alone, the model can then stall near 10% with that digit wrong 90%
+        of the time. Other non-digits keep row 0. The trainer passes `offset` (B,) drawn for the whole
+        global batch, so that N DDP ranks shift their rows exactly as one process would; without it,
+        training draws from the global torch RNG. At eval (not self.training) no offset.
         """
         place = place_value_positions(idx)  # (B, T)
         max_offset = self.config.abacus_max_offset
@@ -210,7 +210,7 @@ class ArithmeticDecoder(nn.Module):
                 offset = torch.randint(0, max_offset + 1, (idx.shape[0],), device=idx.device)
             shifted = place > 0
             if self.config.abacus_offset_equals:
-                shifted = shifted | (idx == EQUALS_ID)
+                shifted = shifted | emits_first_answer_digit(idx)
             place = torch.where(shifted, place + offset.to(idx.device)[:, None], place)  # (B, T)
         return place
 

@@ -131,13 +131,16 @@ def test_abacus_training_offset_is_one_per_sequence_and_seeded():
     assert int(shifted.max()) < model.pos_emb.num_embeddings
 
 
-def test_by_default_only_digits_take_the_offset():
-    model = ArithmeticDecoder(ModelConfig(pos_encoding="abacus")).train()
+def test_without_abacus_offset_equals_only_digits_take_the_offset():
+    model = ArithmeticDecoder(ModelConfig(pos_encoding="abacus", abacus_offset_equals=False)).train()
     idx = torch.tensor([encode("^123+4567=")] * 2)
     shifted = model.abacus_indices(idx, offset=torch.tensor([0, 3]))
     assert shifted.tolist() == [[0, 3, 2, 1, 0, 4, 3, 2, 1, 0], [0, 6, 5, 4, 0, 7, 6, 5, 4, 0]]
     with_equals = ArithmeticDecoder(ModelConfig(pos_encoding="abacus", abacus_offset_equals=True)).train()
     assert with_equals.abacus_indices(idx, offset=torch.tensor([0, 3]))[:, -1].tolist() == [0, 3]
+    # A negative answer's first digit is emitted at its '-', which then takes the offset too
+    negative = torch.tensor([encode("^7-12=-5$")])
+    assert with_equals.abacus_indices(negative, offset=torch.tensor([2])).tolist() == [[0, 3, 0, 4, 3, 2, 2, 3, 0]]
 
 
 def test_abacus_generation_uses_place_values_of_the_full_sequence():

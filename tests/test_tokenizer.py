@@ -43,3 +43,9 @@ def test_place_value_positions_on_a_worked_example():
 def test_place_value_positions_of_a_negative_answer_skip_the_sign():
     ids = torch.tensor([tokenizer.encode("^7-12=-5$")])
     assert batches.place_value_positions(ids).tolist() == [[0, 1, 0, 2, 1, 0, 0, 1, 0]]
+
+
+def test_the_first_answer_digit_is_emitted_by_the_equals_and_a_leading_sign():
+    ids = torch.tensor([tokenizer.encode("^7-12=-5$"), tokenizer.encode("^12-7=5$_")])
+    assert batches.emits_first_answer_digit(ids).int().tolist() == [[0, 0, 0, 0, 0, 1, 1, 0, 0],
+                                                                     [0, 0, 0, 0, 0, 1, 0, 0, 0]]
