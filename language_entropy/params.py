@@ -88,7 +88,7 @@ class ModelConfig:
     dropout: float = 0.0
     pos_encoding: str = "abacus"
     abacus_max_offset: int = 4  # random place-value offset in training, so longer numbers than seen still align
-    abacus_offset_equals: bool = True  # '=' and a leading '-' take the offset too: see README, Speed
+    abacus_offset_equals: bool = False  # '=' and a leading '-' take the offset too: see README, Speed
     max_seq_len: int = 96  # longest token sequence (prompt + answer + bos/eos); also the position table size
 
     def __post_init__(self):
@@ -152,7 +152,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 1700
+    steps: int = 1500
     batch_size: int = 128
     lr: float = 3e-3
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio

@@ -131,8 +131,8 @@ def test_abacus_training_offset_is_one_per_sequence_and_seeded():
     assert int(shifted.max()) < model.pos_emb.num_embeddings
 
 
-def test_without_abacus_offset_equals_only_digits_take_the_offset():
-    model = ArithmeticDecoder(ModelConfig(pos_encoding="abacus", abacus_offset_equals=False)).train()
+def test_by_default_only_digits_take_the_offset():
+    model = ArithmeticDecoder(ModelConfig(pos_encoding="abacus")).train()
     idx = torch.tensor([encode("^123+4567=")] * 2)
     shifted = model.abacus_indices(idx, offset=torch.tensor([0, 3]))
     assert shifted.tolist() == [[0, 3, 2, 1, 0, 4, 3, 2, 1, 0], [0, 6, 5, 4, 0, 7, 6, 5, 4, 0]]
