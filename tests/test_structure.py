@@ -1,7 +1,9 @@
 """The package's shape: dvc.yaml deps equal each stage's imports, the resume fingerprint hashes only
 the train stage's code, components never reach into orchestration, and a stage imports its own checkout."""
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -101,3 +103,12 @@ def test_editing_evaluation_code_leaves_train_up_to_date(tmp_path):
     changed = set(yaml.safe_load(status))
     assert "train" not in changed and "generate-data" not in changed
     assert "evaluate" in changed
+
+
+def test_run_returns_when_the_command_ends_although_a_background_child_holds_its_output(tmp_path):
+    # what `dvc exp run --run-all` does when one of its queue workers misses the shutdown: the command exits,
+    # a detached child lives on with the same stdout. Waiting for the end of a pipe would hit the timeout.
+    done = run(["sh", "-c", "sleep 60 & echo $!; echo started"], tmp_path, timeout=20)
+    child = int(done.stdout.split()[0])
+    os.kill(child, signal.SIGTERM)
+    assert done.stdout.split()[1] == "started"

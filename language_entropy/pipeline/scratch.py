@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -29,8 +30,15 @@ def git_env() -> dict[str, str]:
 
 def run(args: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True,
         timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run a command in `cwd`; a failure raises with its output when `check`."""
-    done = subprocess.run(args, cwd=cwd, env=env or git_env(), capture_output=True, text=True, timeout=timeout)
+    """Run a command in `cwd`; a failure raises with its output when `check`.
+
+    The output goes through files, not pipes: `dvc exp run --run-all` leaves its queue workers running in the
+    background, and one that misses the queue's shutdown (a race in DVC's worker monitor, seen here) keeps the
+    pipes open, so waiting for their end would wait until the timeout although the command itself is done."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        done = subprocess.run(args, cwd=cwd, env=env or git_env(), stdout=out, stderr=err, text=True, timeout=timeout)
+        out.seek(0), err.seek(0)
+        done.stdout, done.stderr = out.read(), err.read()
     if check and done.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return done
