@@ -26,13 +26,17 @@ def encode_batch(texts: list[str], device: torch.device | str = "cpu") -> dict[s
 def batch_from_tokens(tokens: torch.Tensor) -> dict[str, torch.Tensor]:
     """The masks the losses need, for right-padded tokens (B, T)."""
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    after_equals = torch.cumsum(inputs == tokenizer.EQUALS_ID, dim=1) > 0
-    return {"tokens": tokens, "answer_mask": after_equals & (targets != tokenizer.PAD_ID),
+    return {"tokens": tokens, "answer_mask": from_equals(inputs) & (targets != tokenizer.PAD_ID),
             "valid_mask": inputs != tokenizer.PAD_ID}
 
 
 def is_digit(ids: torch.Tensor) -> torch.Tensor:
     return (ids >= tokenizer.DIGIT_IDS.start) & (ids < tokenizer.DIGIT_IDS.stop)
+
+
+def from_equals(ids: torch.Tensor) -> torch.Tensor:
+    """True at '=' and every token after it: the answer side of each row (B, T) -> (B, T) bool."""
+    return torch.cumsum(ids == tokenizer.EQUALS_ID, dim=1) > 0
 
 
 def place_value_positions(ids: torch.Tensor) -> torch.Tensor:
@@ -44,8 +48,7 @@ def place_value_positions(ids: torch.Tensor) -> torch.Tensor:
     reversed answers that is again the units digit. ids: (B, T) -> (B, T) long.
     """
     digit = is_digit(ids)
-    after_equals = torch.cumsum(ids == tokenizer.EQUALS_ID, dim=1) > 0
-    return torch.where(after_equals, _run_index(digit), _run_index(digit.flip(1)).flip(1)) * digit
+    return torch.where(from_equals(ids), _run_index(digit), _run_index(digit.flip(1)).flip(1)) * digit
 
 
 def emits_first_answer_digit(ids: torch.Tensor) -> torch.Tensor:
@@ -53,9 +56,9 @@ def emits_first_answer_digit(ids: torch.Tensor) -> torch.Tensor:
 
     The last of them is the query that predicts the first answer digit (the units, when reversed).
     """
-    after_equals = torch.cumsum(ids == tokenizer.EQUALS_ID, dim=1) > 0
-    answer_digits_so_far = torch.cumsum(is_digit(ids) & after_equals, dim=1)
-    return after_equals & (answer_digits_so_far == 0)
+    answer = from_equals(ids)
+    answer_digits_so_far = torch.cumsum(is_digit(ids) & answer, dim=1)
+    return answer & (answer_digits_so_far == 0)
 
 
 def _run_index(mask: torch.Tensor) -> torch.Tensor:
