@@ -37,7 +37,8 @@ def run(args: list[str], cwd: Path, env: dict[str, str] | None = None, check: bo
     pipes open, so waiting for their end would wait until the timeout although the command itself is done."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         done = subprocess.run(args, cwd=cwd, env=env or git_env(), stdout=out, stderr=err, text=True, timeout=timeout)
-        out.seek(0), err.seek(0)
+        out.seek(0)
+        err.seek(0)
         done.stdout, done.stderr = out.read(), err.read()
     if check and done.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
