@@ -122,16 +122,20 @@ def greedy_by_recomputation(model: ArithmeticDecoder, prompts: torch.Tensor, max
 
 
 def bench_decoding(device: str | torch.device = "cpu", batch_size: int = 512, answer_tokens: int = 12,
-                   repeats: int = 5, model_config: ModelConfig | None = None) -> dict[str, float]:
+                   repeats: int = 5, model_config: ModelConfig | None = None, autocast: bool = True,
+                   graphed: bool = False) -> dict[str, float]:
     """Greedy decoding of `answer_tokens` new tokens after `^abc+def=` prompts: the KV cache
-    against recomputing the full sequence every step. tokens/s counts generated tokens."""
+    against recomputing the full sequence every step. tokens/s counts generated tokens. `autocast`:
+    bf16 on CUDA (as training's validation is not: evaluation runs fp32); `graphed`: the KV-cache
+    loop through `CapturedGeneration` (CUDA; the warm-up call captures it)."""
     device = torch.device(device)
     torch.manual_seed(0)
     model = ArithmeticDecoder(model_config or ModelConfig()).to(device).eval()
+    model.graphed_generation = graphed
     rng = random.Random(1)
     prompts = torch.tensor([encode(f"^{rng.randint(100, 999)}+{rng.randint(100, 999)}=") for _ in range(batch_size)],
                            device=device)
-    with _autocast(device):
+    with _autocast(device) if autocast else contextlib.nullcontext():
         cached = model.generate(prompts, answer_tokens).tokens
         recomputed = greedy_by_recomputation(model, prompts, answer_tokens)
         steps = cached.shape[1]  # an untrained model never ends every row early, but count what ran

@@ -3,6 +3,11 @@
     python benchmarks/run.py [--repeats 3] [--skip-time-to-99] [--skip-sweep] [--skip-startup] [--mingpt DIR]
                              [--smoke]
                              [--out metrics/benchmark.json]
+    python benchmarks/run.py --device cuda [--skip-sweep] [--skip-startup] [--smoke]
+
+With `--device cuda` only the GPU figures run (benchmarks/bench_gpu.py: captured against eager training
+steps, decoding, a sweep of 8 default trainings on one GPU and, unless --skip-startup, the whole default
+`dvc repro`); they are written under "cuda" in `--out`, keeping the CPU figures beside them.
 
 Prints one JSON object and writes it to `--out`. Each figure is the median of `--repeats` runs after
 a warm-up, beside the machine's core count, torch version and device. `--smoke` shrinks every
@@ -27,19 +32,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import bench_gpu
 import bench_mingpt
 import bench_model
 import bench_startup
 import bench_sweep
 import bench_theory
 
-from language_entropy.checkpoint import load_model
 from language_entropy.data import generate_splits
-from language_entropy.evaluation import evaluate_split
 from language_entropy.measure import greedy_exact_match
-from language_entropy.model import ArithmeticDecoder
-from language_entropy.params import DataConfig, DigitRange, EntropyConfig, EvalConfig, ModelConfig, load_params
-from language_entropy.theory import theoretical_entropy_table
+from language_entropy.params import DataConfig, DigitRange, load_params
 from language_entropy.training import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,29 +61,6 @@ def median_seconds(fn, repeats: int) -> float:
 def datagen_problems_per_s(problems: int, repeats: int) -> float:
     config = DataConfig(train_size=problems - 3000, val_size=1000, test_size=1000, ood_size=1000)
     return problems / median_seconds(lambda: generate_splits(config, seed=0), repeats)
-
-
-def eval_default_s(repeats: int, smoke: bool) -> tuple[float, str]:
-    """The default evaluation (test and OOD splits, temperatures, semantic sampling) of the trained
-    default model at models/model.pt when there is one, else of an untrained default-size model."""
-    data = DataConfig()
-    splits = generate_splits(data, seed=0)
-    theory = theoretical_entropy_table(data, EntropyConfig())
-    checkpoint = ROOT / "models" / "model.pt"
-    if checkpoint.exists():
-        model, which = load_model(checkpoint), "trained models/model.pt"
-    else:
-        model, which = ArithmeticDecoder(ModelConfig()).eval(), "untrained default-size model"
-    config = EvalConfig(semantic_problems=10, semantic_samples=2) if smoke else EvalConfig()
-    frames = [splits["test"], splits["ood"]]
-    if smoke:
-        frames = [frame.iloc[:50] for frame in frames]
-
-    def evaluate() -> None:
-        for frame in frames:
-            evaluate_split(model, frame, theory, config, data.reverse_answer, seed=0)
-
-    return median_seconds(evaluate, repeats), which
 
 
 def time_to_99_add3_s(max_steps: int | None, eval_every: int) -> dict[str, float]:
@@ -106,6 +85,17 @@ def time_to_99_add3_s(max_steps: int | None, eval_every: int) -> dict[str, float
             "time_to_99_add3_steps": trainer.step, "time_to_99_add3_final_val_exact_match": exact}
 
 
+def write_gpu_figures(args: argparse.Namespace) -> None:
+    existing = json.loads(args.out.read_text()) if args.out.exists() else {}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(figures: dict) -> None:
+        args.out.write_text(json.dumps({**existing, "cuda": figures}, indent=2) + "\n")
+
+    figures = bench_gpu.run_all(args.device, args.smoke, args.skip_sweep, args.skip_startup, progress=write)
+    print(json.dumps(figures, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -116,8 +106,14 @@ def main() -> None:
     parser.add_argument("--mingpt", type=Path, help="a karpathy/minGPT checkout: time its adder beside ours")
     parser.add_argument("--smoke", action="store_true", help="tiny workloads: check the suite runs, not its speed")
     parser.add_argument("--out", type=Path, default=ROOT / "metrics" / "benchmark.json")
+    parser.add_argument("--device", default="cpu",
+                        help="cuda: the GPU figures (benchmarks/bench_gpu.py) only, written under 'cuda' in --out "
+                             "beside the CPU figures already there")
     args = parser.parse_args()
     repeats = 1 if args.smoke else args.repeats
+    if args.device != "cpu":
+        write_gpu_figures(args)
+        return
 
     figures: dict[str, object] = {"cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                                   "torch_version": torch.__version__, "python": platform.python_version(),
@@ -132,7 +128,8 @@ def main() -> None:
     decoding = bench_model.bench_decoding("cpu", batch_size=64 if args.smoke else 512, repeats=repeats)
     figures["generate_tokens_per_s_kv_cache"] = decoding["decode_kv_cache_tokens_per_s"]
     figures["generate_tokens_per_s_recompute"] = decoding["decode_recompute_tokens_per_s"]
-    figures["eval_default_s"], figures["eval_default_model"] = eval_default_s(repeats, args.smoke)
+    figures["eval_default_s"], figures["eval_default_model"] = bench_gpu.eval_default_s("cpu", False, repeats,
+                                                                                      args.smoke)
     if args.smoke:
         figures.update(time_to_99_add3_s(max_steps=4, eval_every=2))
     elif not args.skip_time_to_99:

@@ -147,16 +147,19 @@ def high_entropy_mask(entropies: torch.Tensor, mask: torch.Tensor, quantile: flo
     dropped, and one threshold taken over the lot, so every rank uses the same threshold.
     """
     entropies = entropies.detach().float()
+    if not _distributed():  # one process: the mask itself says which values count (fewer kernels in a step)
+        if entropies.numel() == 0:
+            return torch.zeros_like(mask)
+        return (entropies >= _quantile_threshold(entropies.flatten(), mask.flatten(), quantile)) & mask
     values = torch.where(mask, entropies, math.nan).flatten()  # NaN = not a token
-    if _distributed():
-        sizes = [torch.zeros(1, dtype=torch.long, device=values.device) for _ in range(dist.get_world_size())]
-        dist.all_gather(sizes, torch.tensor([values.numel()], device=values.device))
-        longest = int(torch.cat(sizes).max())
-        padded = torch.full((longest,), math.nan, device=values.device)
-        padded[:values.numel()] = values
-        gathered = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(gathered, padded)
-        values = torch.cat(gathered)
+    sizes = [torch.zeros(1, dtype=torch.long, device=values.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([values.numel()], device=values.device))
+    longest = int(torch.cat(sizes).max())
+    padded = torch.full((longest,), math.nan, device=values.device)
+    padded[:values.numel()] = values
+    gathered = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(gathered, padded)
+    values = torch.cat(gathered)
     if values.numel() == 0:
         return torch.zeros_like(mask)
     threshold = _quantile_threshold(values, ~values.isnan(), quantile)  # no valid token: inf, nothing high
@@ -222,17 +225,36 @@ class LossTerms:
     entropy_coef: float | torch.Tensor  # a float, or the adaptive coefficient's detached tensor
     ce_tokens: torch.Tensor  # global number of tokens in the CE (fewer than answer tokens under entropy_mask)
 
+    def as_vector(self) -> torch.Tensor:
+        """This rank's values of `VECTOR_TERMS` as one detached float32 tensor (6,) on the loss's device,
+        made without a host sync (a CUDA graph can capture it; a training loop keeps a window of them
+        and reads them all at once). Backward values: `logged_terms` turns them into global means."""
+        device = self.ce.device
+
+        def scalar(value) -> torch.Tensor:
+            if value is None:  # a term that is off
+                return torch.zeros((), device=device)
+            if isinstance(value, torch.Tensor):
+                return value.detach().float().reshape(())
+            return torch.full((), float(value), device=device)  # a fill, not a host-to-device copy
+
+        return torch.stack([scalar(getattr(self, name)) for name in VECTOR_TERMS])
+
     def logged(self) -> dict[str, float]:
-        """The true global means as floats: loss, ce_loss, continuity_loss, entropy_loss (nats),
-        entropy_bits, entropy_coef, ce_tokens. A term that is off logs 0.0. Under torch.distributed
-        this is one all_reduce, so every rank must call it at the same step."""
-        zero = torch.zeros((), device=self.ce.device)
-        terms = [self.total, self.ce, self.continuity, self.entropy]
-        means = global_average(torch.stack([(t if t is not None else zero).detach().float() for t in terms]))
-        total, ce, continuity, entropy = means.tolist()
-        return {"loss": total, "ce_loss": ce, "continuity_loss": continuity, "entropy_loss": entropy,
-                "entropy_bits": to_bits(entropy), "entropy_coef": float(self.entropy_coef),
-                "ce_tokens": float(self.ce_tokens)}
+        """The true global means as floats (`logged_terms`). Under torch.distributed this is one
+        all_reduce, so every rank must call it at the same step."""
+        return logged_terms(global_average(self.as_vector()).tolist())
+
+
+VECTOR_TERMS = ("total", "ce", "continuity", "entropy", "entropy_coef", "ce_tokens")
+
+
+def logged_terms(values: list[float]) -> dict[str, float]:
+    """`LossTerms.as_vector()` averaged over ranks, as named floats: loss, ce_loss, continuity_loss,
+    entropy_loss (nats), entropy_bits, entropy_coef, ce_tokens. A term that is off logs 0.0."""
+    total, ce, continuity, entropy, coefficient, ce_tokens = values
+    return {"loss": total, "ce_loss": ce, "continuity_loss": continuity, "entropy_loss": entropy,
+            "entropy_bits": to_bits(entropy), "entropy_coef": coefficient, "ce_tokens": ce_tokens}
 
 
 def _is_on(coefficient) -> bool:

@@ -103,8 +103,14 @@ class CausalSelfAttention(nn.Module):
             # top-left corner, which would be wrong for several queries after a prefix.
             assert start == 0 or T == 1, "the cache takes a prefill at 0 or one token at a time"
             k, v = cache.update(k, v, start)  # (B, H, start+T, D)
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=T > 1, dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, D)
+        if cache is not None and T == 1 and q.is_cuda:
+            # one query against the cache: two small batched products. SDPA's fused kernels tile for long
+            # sequences; on an H100 its fp32 kernel took 86 us a call here, 60% of a whole decode step.
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, 1, start+1)
+            y = att.softmax(dim=-1) @ v  # (B, H, 1, D)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=T > 1, dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -177,6 +183,13 @@ class ArithmeticDecoder(nn.Module):
         self.lm_head = nn.Linear(C, VOCAB_SIZE, bias=False)
         self.tok_emb.weight = self.lm_head.weight  # tied: one table reads and writes tokens
         self.apply(self._init_weights)
+        never_generated = torch.zeros(VOCAB_SIZE, dtype=torch.bool)
+        never_generated[NEVER_GENERATED] = True
+        self.register_buffer("never_generated", never_generated, persistent=False)  # (V,): a mask, not a list
+        self.register_buffer("is_digit_id", is_digit(torch.arange(VOCAB_SIZE)).long(), persistent=False)  # (V,) 0/1
+        # a run-time switch like train()/eval(): generate() on CUDA through CapturedGeneration
+        self.graphed_generation = False
+        self._captured_generation: CapturedGeneration | None = None
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -273,8 +286,9 @@ class ArithmeticDecoder(nn.Module):
         so neither can appear inside an answer, greedy or sampled. Below, `logits` are these masked
         logits. temperature 0 is greedy (argmax). Otherwise the next token is sampled from
         softmax(logits / temperature), restricted to the `top_k` most likely tokens and then to the
-        nucleus of mass `top_p`, using `generator` (any device; one uniform per row and step, so a
-        seeded generator reproduces the samples; None = the global RNG).
+        nucleus of mass `top_p`, using `generator` (any device; one uniform per row and step, all
+        max_new_tokens x B drawn before the first step, so a seeded generator reproduces the samples
+        and advances by the same amount however early the rows end; None = the global RNG).
 
         `probs` are the full distribution softmax(logits / temperature) before top-k/top-p
         filtering: the model's distribution renormalised over the tokens other than PAD and BOS
@@ -283,16 +297,39 @@ class ArithmeticDecoder(nn.Module):
         for s = 0). A row that emits EOS gets PAD afterwards; the loop stops when every row has
         ended or after `max_new_tokens` steps. The prompt is prefilled in one causal pass, then
         each step feeds only the new token and attends to the cache.
+
+        With `graphed_generation` set and the prompts on a CUDA device, the whole call (prefill and
+        every step) is one CUDA graph, captured on the first call of each shape and option set and
+        replayed after: the same kernels, so the same tokens, probs and hidden states as the eager
+        loop (`CapturedGeneration`).
         """
         B, T0 = prompts.shape
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1 (got {max_new_tokens})")
         self._check_length(T0 + max_new_tokens, "prompt length + max_new_tokens")
+        if self.config.pos_encoding == "abacus" and not bool((prompts == EQUALS_ID).any(dim=1).all()):
+            raise ValueError("abacus generation needs every prompt to contain '=' (answer digits count from it)")
+        uniforms = None
+        if temperature != 0:  # (N, B, 1): step s samples with uniforms[s]
+            device = generator.device if generator is not None else prompts.device
+            uniforms = torch.rand((max_new_tokens, B, 1), generator=generator, device=device).to(prompts.device)
+        options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                       return_probs=return_probs, return_hidden=return_hidden)
+        if self.graphed_generation and prompts.is_cuda:
+            if self._captured_generation is None:
+                self._captured_generation = CapturedGeneration(self)
+            return self._captured_generation(prompts, uniforms, **options)
+        return self._decode(prompts, uniforms, stop_early=True, **options)
+
+    def _decode(self, prompts: torch.Tensor, uniforms: torch.Tensor | None, *, max_new_tokens: int,
+                temperature: float, top_k: int | None, top_p: float | None, return_probs: bool,
+                return_hidden: bool, stop_early: bool) -> Generation:
+        """`generate`'s loop. `stop_early`: end once every row has emitted EOS (one host sync per step);
+        without it every step runs (the rows that ended emit PAD), so a CUDA graph can capture it."""
+        B, T0 = prompts.shape
         abacus = self.config.pos_encoding == "abacus"
         place = run = None
         if abacus:
-            if not bool((prompts == EQUALS_ID).any(dim=1).all()):
-                raise ValueError("abacus generation needs every prompt to contain '=' (answer digits count from it)")
             place = place_value_positions(prompts)  # (B, T0); never offset: generation is evaluation
             run = place[:, -1]  # length of the digit run the prompt ends with (0 after '=')
 
@@ -304,22 +341,23 @@ class ArithmeticDecoder(nn.Module):
         for step in range(max_new_tokens):
             logits = self.lm_head(self.norm_f(x[:, -1]))  # (B, V): only the last position matters
             logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32 to sample
-            logits[:, NEVER_GENERATED] = float("-inf")  # (B, V): PAD and BOS are never part of an answer
+            logits = logits.masked_fill(self.never_generated, float("-inf"))  # (B, V): PAD, BOS never answer
             if return_hidden:
                 for layer, h in enumerate(hidden):
                     states[layer].append(h[:, -1])  # (B, C)
-            token, dist = _choose(logits, temperature, top_k, top_p, generator, return_probs)
+            token, dist = _choose(logits, temperature, top_k, top_p, uniforms[step] if uniforms is not None else None,
+                                  return_probs)
             token = torch.where(finished, pad, token)  # (B,) ended rows only pad
             tokens.append(token)
             if return_probs:
                 probs.append(dist)
             finished = finished | (token == EOS_ID)
-            if step == max_new_tokens - 1 or bool(finished.all()):  # one host sync per step
+            if step == max_new_tokens - 1 or (stop_early and bool(finished.all())):  # one host sync per step
                 break
             if abacus:
                 # place_value_positions on the full sequence, one token at a time: answer digits
                 # count 1, 2, 3.. along a run of digits; sign, EOS and PAD are 0 and end the run
-                run = torch.where(is_digit(token), run + 1, torch.zeros_like(run))
+                run = (run + 1) * self.is_digit_id[token]  # a table look-up: fewer kernels per step
                 place = run[:, None]  # (B, 1)
             x, hidden = self._trunk(token[:, None], T0 + step, place, caches, collect=return_hidden)
 
@@ -331,8 +369,9 @@ class ArithmeticDecoder(nn.Module):
         )
 
 
-def _choose(logits, temperature, top_k, top_p, generator, return_probs):
-    """Next token (B,) from logits (B, V) float32, and the distribution to report (or None)."""
+def _choose(logits, temperature, top_k, top_p, uniform, return_probs):
+    """Next token (B,) from logits (B, V) float32, and the distribution to report (or None).
+    `uniform` (B, 1) in [0, 1): this step's draw when sampling (None when greedy)."""
     if temperature == 0:
         return logits.argmax(dim=-1), (F.softmax(logits, dim=-1) if return_probs else None)
     probs = F.softmax(logits / temperature, dim=-1)  # (B, V)
@@ -346,13 +385,69 @@ def _choose(logits, temperature, top_k, top_p, generator, return_probs):
         # keep a token while the mass before it is below top_p: the smallest set reaching top_p
         inside = (sorted_p.cumsum(dim=-1) - sorted_p) < top_p
         keep = torch.where(inside.scatter(-1, order, inside), keep, torch.zeros_like(keep))
-    # inverse-CDF sampling: one uniform per row from `generator`, so any generator device works
+    # inverse-CDF sampling with the step's uniform draw
     cdf = keep.cumsum(dim=-1)  # (B, V), unnormalised
-    u = torch.rand((logits.shape[0], 1), generator=generator,
-                   device=generator.device if generator is not None else logits.device).to(logits.device)
-    u = (1.0 - u) * cdf[:, -1:]  # in (0, total]: the first index with cdf >= u has mass > 0
+    u = (1.0 - uniform) * cdf[:, -1:]  # in (0, total]: the first index with cdf >= u has mass > 0
     token = (cdf < u).sum(dim=-1).clamp_max(logits.shape[-1] - 1)
     return token, (probs if return_probs else None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Generation in one CUDA graph
+
+
+class CapturedGeneration:
+    """`ArithmeticDecoder._decode` captured in CUDA graphs, one per (batch shape, options, autocast state).
+
+    On this small model a decode step is a few dozen tiny kernels, so the GPU waits for the host's
+    launches; a graph launches the whole call (prefill and every step, without the early stop's
+    per-step host sync) at once. The first call of a key runs the loop eagerly on a side stream
+    (warming up cuBLAS and the allocator, and giving that call's result), then captures it; later
+    calls copy the prompts and uniforms into the graph's input buffers and replay it. The graph
+    reads the weights' memory, so in-place updates (an optimizer step, ``load_state_dict``) are
+    seen; moving the model to another device is not: make a new model. Autocast's weight cache is
+    off while capturing (a cached cast would be freed when the caller's autocast ends).
+    """
+
+    def __init__(self, model: ArithmeticDecoder):
+        self.model = model
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor | None, Generation]] = {}
+
+    def __call__(self, prompts: torch.Tensor, uniforms: torch.Tensor | None, **options) -> Generation:
+        autocast = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
+        key = (tuple(prompts.shape), prompts.device, autocast, *sorted(options.items()))
+        with torch.autocast("cuda", enabled=autocast[0], dtype=autocast[1], cache_enabled=False):
+            if key not in self.graphs:
+                return self._warm_up_and_capture(key, prompts, uniforms, options)
+            graph, static_prompts, static_uniforms, out = self.graphs[key]
+            static_prompts.copy_(prompts)
+            if static_uniforms is not None:
+                static_uniforms.copy_(uniforms)
+            graph.replay()
+        return _trimmed(out)
+
+    def _warm_up_and_capture(self, key, prompts, uniforms, options) -> Generation:
+        static_prompts = prompts.clone()
+        static_uniforms = uniforms.clone() if uniforms is not None else None
+        side = torch.cuda.Stream(prompts.device)
+        side.wait_stream(torch.cuda.current_stream(prompts.device))
+        with torch.cuda.stream(side):
+            result = _trimmed(self.model._decode(static_prompts, static_uniforms, stop_early=False, **options))
+        torch.cuda.current_stream(prompts.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self.model._decode(static_prompts, static_uniforms, stop_early=False, **options)
+        self.graphs[key] = (graph, static_prompts, static_uniforms, out)
+        return result
+
+
+def _trimmed(out: Generation) -> Generation:
+    """A copy of `out` without the trailing steps at which every row had already ended (all PAD): what
+    the eager loop, which stops there, returns. The copy outlives the graph's next replay."""
+    steps = int((out.tokens != PAD_ID).any(dim=0).sum())  # a row that has not ended never emits PAD
+    return Generation(tokens=out.tokens[:, :steps].clone(),
+                      probs=out.probs[:, :steps].clone() if out.probs is not None else None,
+                      hidden=[h[:, :steps].clone() for h in out.hidden] if out.hidden is not None else None)
 
 
 def generate_batched(model: ArithmeticDecoder, prompt_ids: list[list[int]], batch_size: int, *,

@@ -164,6 +164,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     device: str = "auto"
     compile: bool = False
+    cuda_graphs: bool = True  # on CUDA: capture the training step and generation in CUDA graphs (README, GPU)
     nproc_per_node: int = 1  # > 1: the stage relaunches itself through torchrun (DDP)
     threads: int | str = "auto"  # intra-op CPU threads of every stage: "auto" = every core this process may use
 

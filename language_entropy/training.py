@@ -6,6 +6,12 @@ is saved in every checkpoint. A resumed run therefore replays exactly the steps 
 
 Under DDP (torchrun) every rank takes rows rank, rank+world, ... of the same global batch, and
 the losses normalise by the global token count, so N ranks with batch B/N equal one with B.
+
+A step never waits for the device: the loss terms stay on it, one vector per step, and are read in
+one transfer at the next log, validation or checkpoint (`Trainer.flush_log`), which also stops a
+diverged run, naming the first step and term that went non-finite. On CUDA the whole step (forward,
+losses, backward, clipping, AdamW) is one CUDA graph (`train.cuda_graphs`; batches padded to the
+split's longest row so every step has one shape).
 """
 
 from __future__ import annotations
@@ -27,8 +33,16 @@ from tqdm import tqdm
 
 from language_entropy import tokenizer
 from language_entropy.batches import batch_from_tokens, encode_batch
+from language_entropy.entropy import to_bits
 from language_entropy.errors import UserError
-from language_entropy.losses import AdaptiveEntropyCoefficient, compute_losses, entropy_coefficient
+from language_entropy.losses import (
+    AdaptiveEntropyCoefficient,
+    LossTerms,
+    compute_losses,
+    entropy_coefficient,
+    global_average,
+    logged_terms,
+)
 from language_entropy.measure import continuity_stats, greedy_exact_match, teacher_forced_stats
 from language_entropy.model import ArithmeticDecoder
 from language_entropy.params import LossConfig, ModelConfig, TrainConfig
@@ -135,9 +149,14 @@ class Trainer:
         torch.manual_seed(seed)
         self.config, self.loss_config, self.seed = config, loss_config, seed
         self.device, self.dist = device, dist_info
+        # one graph per run: one process (DDP's hooks and torch.compile's own graphs are left eager)
+        self.graphed = (config.cuda_graphs and device.type == "cuda" and dist_info.world_size == 1
+                        and not config.compile)
         self.model = ArithmeticDecoder(model_config).to(device)
+        self.model.graphed_generation = config.cuda_graphs  # validation's generation (CUDA only)
         self.optimizer = configure_optimizer(self.model, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, config))
+        self._match_optimizer_to_mode()
         self.adaptive = None
         if loss_config.entropy_target is not None:
             self.adaptive = AdaptiveEntropyCoefficient(loss_config).to(device)
@@ -149,6 +168,8 @@ class Trainer:
         self.step = 0
         self.elapsed_s = 0.0
         self.curve: list[dict[str, float]] = []
+        self._pending: list[tuple[int, torch.Tensor]] = []  # (step, LossTerms.as_vector()) not read yet
+        self._graph: CapturedStep | None = None
         self.wrapped = self.model
         if dist_info.world_size > 1:
             device_ids = [device.index] if device.type == "cuda" else None
@@ -179,42 +200,68 @@ class Trainer:
             self.adaptive.load_state_dict(state["adaptive"])
             self.adaptive_optimizer.load_state_dict(state["adaptive_optimizer"])
         self.step, self.elapsed_s, self.curve = state["step"], state["elapsed_s"], list(state["curve"])
+        self._match_optimizer_to_mode()
+        self._graph = None  # the optimizer's state tensors are new: capture again
 
     def load_base(self, payload: dict) -> str:
         """Continue from another checkpoint: weights always, optimizer state when it fits; says which."""
         self.model.load_state_dict(payload["model_state"])
+        self._graph = None
         if "optimizer" not in payload:
             return "weights loaded; optimizer starts fresh (the base checkpoint holds no optimizer state)"
         try:
             self.optimizer.load_state_dict(payload["optimizer"])
         except (ValueError, KeyError) as error:
             return f"weights loaded; optimizer starts fresh (its saved state does not fit: {error})"
+        self._match_optimizer_to_mode()
         return "weights and optimizer state loaded"
 
+    def _match_optimizer_to_mode(self) -> None:
+        """AdamW as this device needs it, whichever device saved its state: on CUDA it keeps its learning
+        rate and step counts in device tensors (`capturable`: a captured step reads the values the
+        scheduler wrote since; an eager step on CUDA does the same, so the two take identical steps);
+        elsewhere in Python floats and CPU tensors, torch's default."""
+        on_device = self.device.type == "cuda"
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        shared_lr = torch.tensor(lr, device=self.device) if on_device else lr  # one tensor for every group
+        for group in self.optimizer.param_groups:
+            group["capturable"] = on_device
+            group["lr"] = shared_lr
+        for state in self.optimizer.state.values():
+            if "step" in state:
+                state["step"] = state["step"].to(self.device if on_device else "cpu", torch.float32)
+
     # --- the loop --------------------------------------------------------------------------------------
-    def _local_batch(self, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """This rank's rows of the global batch of `step`, and their abacus offsets.
+    def _local_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's rows of the global batch of `step` (B, W) and their abacus offsets (B,), on the CPU.
 
         The offsets are drawn for the whole global batch from a generator seeded by (seed, step), so
-        each row gets the same offset on 1 or N ranks, and a resumed run draws the same ones.
+        each row gets the same offset on 1 or N ranks, and a resumed run draws the same ones. W is the
+        batch's longest row, or the split's when the step is captured (one shape for every step; the
+        extra padding changes no loss term: every mask leaves padding out).
         """
         generator = seeded_generator(self.seed, "abacus offsets", step)
         offsets = torch.randint(0, self.model.config.abacus_max_offset + 1, (self.config.batch_size,),
                                 generator=generator)
         mine = slice(self.dist.rank, None, self.dist.world_size)
         rows = self.sampler.indices(step)[mine]
-        width = int(self.train_lengths[rows].max())
-        return batch_from_tokens(self.train_tokens[rows, :width].to(self.device, non_blocking=True)), offsets[mine]
+        width = self.train_tokens.shape[1] if self.graphed else int(self.train_lengths[rows].max())
+        return self.train_tokens[rows, :width], offsets[mine]
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":  # pinned: the copy is queued behind the running step, not waited for
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
 
     def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.device.type == "cuda":  # no weight cache when captured: a cached cast would outlive its context
+            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=not self.graphed)
         return contextlib.nullcontext()
 
-    def train_step(self) -> dict[str, float]:
-        self.wrapped.train()
-        batch, offsets = self._local_batch(self.step)
-        tokens = batch["tokens"]
+    def update(self, tokens: torch.Tensor, offsets: torch.Tensor) -> LossTerms:
+        """One optimisation step on a batch already on the device: forward, losses, backward, clipping,
+        AdamW. No host synchronisation, so a CUDA graph can capture it (`CapturedStep`)."""
+        batch = batch_from_tokens(tokens)
         coefficient = entropy_coefficient(self.loss_config, self.adaptive)
         needs_hidden = self.loss_config.continuity_weight > 0
         with self._autocast():
@@ -222,21 +269,51 @@ class Trainer:
             logits, hidden = output if needs_hidden else (output, None)
             terms = compute_losses(logits.float(), hidden, tokens[:, 1:], batch["answer_mask"], batch["valid_mask"],
                                    self.loss_config, coefficient)
-        logged = terms.logged()
-        for name in ("ce_loss", "entropy_loss", "continuity_loss", "loss"):  # the failing term before the total
-            if not math.isfinite(logged[name]):
-                raise TrainingDiverged(f"{name} became {logged[name]} at step {self.step + 1}")
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
+        return terms
+
+    def train_step(self) -> float:
+        """Take the next step; returns the number of tokens it predicted (the global batch's, all ranks).
+        Its loss terms wait on the device until `flush_log`."""
+        self.wrapped.train()
+        tokens, offsets = self._local_batch(self.step)
+        if self.graphed:
+            if self._graph is None:
+                self._graph = CapturedStep(self, tokens.to(self.device), offsets.to(self.device))
+            terms, vector = self._graph.replay(tokens, offsets)
+        else:
+            terms = self.update(self._to_device(tokens), self._to_device(offsets))
+            vector = terms.as_vector()
         self.scheduler.step()
-        if self.adaptive is not None:
+        if self.adaptive is not None:  # the global mean entropy, still on the device
             self.adaptive_optimizer.zero_grad(set_to_none=True)
-            self.adaptive.loss(logged["entropy_bits"]).backward()
+            self.adaptive.loss(to_bits(global_average(terms.entropy))).backward()
             self.adaptive_optimizer.step()
+        predicted = float((self.train_lengths[self.sampler.indices(self.step)] - 1).sum())
         self.step += 1
-        return {**logged, "tokens": float(batch["valid_mask"].sum()) * self.dist.world_size}
+        self._pending.append((self.step, vector))
+        return predicted
+
+    def flush_log(self) -> dict[int, dict[str, float]]:
+        """Read every step's loss terms since the last flush in one transfer: {step: `logged_terms`}.
+
+        Raises TrainingDiverged naming the first step, and its first non-finite term (the parts before
+        the total), when any went NaN or infinite. Under DDP every rank must call it at the same steps.
+        """
+        if not self._pending:
+            return {}
+        steps = [step for step, _ in self._pending]
+        values = global_average(torch.stack([vector for _, vector in self._pending])).tolist()  # one host sync
+        self._pending = []
+        rows = {step: logged_terms(row) for step, row in zip(steps, values, strict=True)}
+        for step, row in rows.items():
+            for name in ("ce_loss", "entropy_loss", "continuity_loss", "loss"):
+                if not math.isfinite(row[name]):
+                    raise TrainingDiverged(f"{name} became {row[name]} at step {step}")
+        return rows
 
     def validate(self) -> dict[str, float]:
         """On the whole val split: loss, exact match, answer entropy per step (bits), and the continuity
@@ -251,6 +328,11 @@ class Trainer:
                **{f"val_{name}": value for name, value in continuity.items()}}
         row.update({f"entropy_step_{k}": bits for k, bits in enumerate(stats.entropy_bits_by_step)})
         return row
+
+    def current_lr(self) -> float:
+        """The learning rate of the next step, from the schedule on the host (the optimizer's may be a
+        device tensor)."""
+        return self.config.lr * lr_factor(self.step, self.config)
 
     def _agreed_stop(self, signum: int | None) -> int | None:
         """Under DDP a signal may reach the ranks at different steps: all stop when any has one."""
@@ -275,7 +357,7 @@ class Trainer:
         def evaluate(logged: dict[str, float]) -> None:
             nonlocal window_tokens, window_start, clock
             tokens_per_s = window_tokens / (time.perf_counter() - window_start) if window_tokens else math.nan
-            row = {"step": self.step, "tokens_per_s": tokens_per_s, "lr": self.scheduler.get_last_lr()[0],
+            row = {"step": self.step, "tokens_per_s": tokens_per_s, "lr": self.current_lr(),
                    **{key: logged.get(key, math.nan) for key in CURVE_LOSS_COLUMNS}, **self.validate()}
             self.elapsed_s += time.perf_counter() - clock
             clock = time.perf_counter()
@@ -291,16 +373,21 @@ class Trainer:
         if self.step == 0 and not self.curve and validation_due(0, config) and self.dist.is_main:
             evaluate({})
         while self.step < config.steps:
-            logged = self.train_step()
-            window_tokens += logged.pop("tokens")
+            window_tokens += self.train_step()
             bar.update(1)
-            if on_log is not None and self.step % config.log_every == 0 and self.dist.is_main:
-                on_log(self.step, {**{f"train_{key}": logged[key] for key in CURVE_LOSS_COLUMNS},
-                                   "lr": self.scheduler.get_last_lr()[0]})
-            if validation_due(self.step, config) and self.dist.is_main:
-                evaluate(logged)
+            log_due = on_log is not None and self.step % config.log_every == 0
+            eval_due = validation_due(self.step, config)
             signum = self._agreed_stop(stop_requested())
-            if (self.step % config.checkpoint_every == 0 or signum is not None) and self.dist.is_main:
+            checkpoint_due = self.step % config.checkpoint_every == 0 or signum is not None
+            if not (log_due or eval_due or checkpoint_due):
+                continue
+            logged = self.flush_log()[self.step]  # the host waits here only: every log_every steps at most
+            if log_due and self.dist.is_main:
+                on_log(self.step, {**{f"train_{key}": logged[key] for key in CURVE_LOSS_COLUMNS},
+                                   "lr": self.current_lr()})
+            if eval_due and self.dist.is_main:
+                evaluate(logged)
+            if checkpoint_due and self.dist.is_main:
                 on_checkpoint(self.state())
             if signum is not None:
                 bar.close()
@@ -311,3 +398,55 @@ class Trainer:
         if not curve.empty:
             curve = curve[first + [c for c in curve.columns if c not in first]]
         return TrainResult(self.model, curve)
+
+
+class CapturedStep:
+    """`Trainer.update` captured in one CUDA graph: a training step is one launch instead of hundreds.
+
+    The model is small, so on a GPU an eager step waits on the host launching its kernels. Capture
+    needs static shapes (the trainer pads every batch to one width) and no host synchronisation in
+    the step. Before capturing, three warm-up steps on a side stream let autograd, the optimizer state
+    and cuBLAS allocate; they are real updates, so the weights, optimizer state and RNG are rewound
+    to what they were before them. Every replay is therefore a step taken from the same state as the
+    eager loop would take it, and a resumed run, which captures afresh, replays the same graph from
+    the restored state: bit-exact resume. The scheduler and the adaptive entropy coefficient update
+    outside the graph, in place, where the replays read them.
+    """
+
+    WARMUP_STEPS = 3
+
+    def __init__(self, trainer: Trainer, tokens: torch.Tensor, offsets: torch.Tensor):
+        self.tokens, self.offsets = tokens, offsets  # the graph's input buffers
+        model, optimizer = trainer.model, trainer.optimizer
+        params = [p.detach().clone() for p in model.parameters()]
+        states = {p: {k: v.clone() for k, v in state.items()} for p, state in optimizer.state.items()}
+        rng = torch.cuda.get_rng_state(tokens.device)
+        side = torch.cuda.Stream(tokens.device)
+        side.wait_stream(torch.cuda.current_stream(tokens.device))
+        with torch.cuda.stream(side):
+            for _ in range(self.WARMUP_STEPS):
+                trainer.update(self.tokens, self.offsets)
+        torch.cuda.current_stream(tokens.device).wait_stream(side)
+        with torch.no_grad():  # rewind: the warm-up steps never happened
+            for param, saved in zip(model.parameters(), params, strict=True):
+                param.copy_(saved)
+            for param, state in optimizer.state.items():
+                for key, value in state.items():
+                    if param in states:
+                        value.copy_(states[param][key])
+                    else:  # created by the warm-up: AdamW starts its moments and step count at zero
+                        value.zero_()
+        torch.cuda.set_rng_state(rng, tokens.device)
+        optimizer.zero_grad(set_to_none=True)  # backward allocates the gradients inside the graph
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.terms = trainer.update(self.tokens, self.offsets)
+            self.vector = self.terms.as_vector()
+
+    def replay(self, tokens: torch.Tensor, offsets: torch.Tensor) -> tuple[LossTerms, torch.Tensor]:
+        """Take one step on `tokens` (B, W) and `offsets` (B,) from the CPU: the terms (the graph's
+        buffers, overwritten by the next replay) and a copy of their vector."""
+        self.tokens.copy_(tokens.pin_memory(), non_blocking=True)
+        self.offsets.copy_(offsets.pin_memory(), non_blocking=True)
+        self.graph.replay()
+        return self.terms, self.vector.clone()

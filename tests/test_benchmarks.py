@@ -31,3 +31,23 @@ def test_smoke_run_writes_every_key(tmp_path):
         assert figures[key] > 0, key
     for stage in STAGES:  # every stage imports something, and its imports are part of its wall time
         assert 0 < figures[f"startup_{stage}_imports_s"] < figures[f"startup_{stage}_wall_s"], stage
+
+
+GPU_KEYS = {"train_step_eager_ms", "train_step_captured_ms", "train_step_captured_all_losses_ms",
+            "train_step_all_losses_ratio", "decode_kv_captured_vs_recompute", "decode_kv_captured_tokens_per_s",
+            "eval_default_eager_s", "eval_default_captured_s", "sweep_1_at_a_time_s", "sweep_2_at_a_time_speedup",
+            "default_repro_s"}
+
+
+@pytest.mark.slow
+def test_gpu_figures_run_on_a_cpu_in_smoke_mode():
+    """The GPU suite's code paths (bench_gpu.py; on a CPU nothing is captured): every figure, no part failed."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--device", "cpu", "--smoke"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    assert not [key for key in figures if key.endswith("_error")], figures
+    assert set(figures) >= GPU_KEYS
+    for key in GPU_KEYS:
+        assert figures[key] > 0, key
+    assert figures["decode_captured_same_tokens"] is True

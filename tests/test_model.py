@@ -249,7 +249,8 @@ def test_sampler_follows_the_filtered_distribution():
     gen = torch.Generator().manual_seed(0)
 
     def frequencies(**kwargs):
-        token, _ = _choose(logits, 1.0, kwargs.get("top_k"), kwargs.get("top_p"), gen, False)
+        uniform = torch.rand((len(logits), 1), generator=gen)
+        token, _ = _choose(logits, 1.0, kwargs.get("top_k"), kwargs.get("top_p"), uniform, False)
         return torch.bincount(token, minlength=5).float() / len(token)
 
     assert torch.allclose(frequencies(), torch.tensor([0.4, 0.3, 0.2, 0.1, 0.0]), atol=0.01)

@@ -86,6 +86,7 @@ def run_evaluation(params: Params, checkpoint: Path, samples: int | None, verbos
         check_outputs(files=[("paths.metrics", metrics_dir / name) for name in OUTPUT_FILES])
     device = select_device(params.train.device)
     model = load_model(payload, device).eval()
+    model.graphed_generation = params.train.cuda_graphs  # acts on CUDA only
     theory_path = Path(params.paths.metrics) / "theoretical_entropy.csv"
     theory = load_theoretical_entropy(theory_path)
     frames = {name: read_split(params.paths.data, split, params.data.reverse_answer)

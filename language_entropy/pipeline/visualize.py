@@ -101,6 +101,7 @@ def run_visualization(params: Params, base: Path | None = None) -> list[Path]:
     payload = load_checkpoint(checkpoint)
     logged_params = checkpoint_params(params, payload, checkpoint, as_is=base is not None)
     model = load_model(payload, select_device(params.train.device)).eval()
+    model.graphed_generation = params.train.cuda_graphs  # acts on CUDA only
     experiment_id = tracking.connect(params.mlflow.experiment)  # before the work: a bad server fails fast
     metrics, dpi = Path(params.paths.metrics), params.viz.dpi
     out = adhoc_folder("visualize") if adhoc else Path(params.paths.plots)
