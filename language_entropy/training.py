@@ -156,7 +156,7 @@ class Trainer:
         self.model.graphed_generation = config.cuda_graphs  # validation's generation (CUDA only)
         self.optimizer = configure_optimizer(self.model, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, config))
-        self._match_optimizer_to_mode()
+        self._fit_optimizer_to_device()
         self.adaptive = None
         if loss_config.entropy_target is not None:
             self.adaptive = AdaptiveEntropyCoefficient(loss_config).to(device)
@@ -200,7 +200,7 @@ class Trainer:
             self.adaptive.load_state_dict(state["adaptive"])
             self.adaptive_optimizer.load_state_dict(state["adaptive_optimizer"])
         self.step, self.elapsed_s, self.curve = state["step"], state["elapsed_s"], list(state["curve"])
-        self._match_optimizer_to_mode()
+        self._fit_optimizer_to_device()
         self._graph = None  # the optimizer's state tensors are new: capture again
 
     def load_base(self, payload: dict) -> str:
@@ -213,10 +213,10 @@ class Trainer:
             self.optimizer.load_state_dict(payload["optimizer"])
         except (ValueError, KeyError) as error:
             return f"weights loaded; optimizer starts fresh (its saved state does not fit: {error})"
-        self._match_optimizer_to_mode()
+        self._fit_optimizer_to_device()
         return "weights and optimizer state loaded"
 
-    def _match_optimizer_to_mode(self) -> None:
+    def _fit_optimizer_to_device(self) -> None:
         """AdamW as this device needs it, whichever device saved its state: on CUDA it keeps its learning
         rate and step counts in device tensors (`capturable`: a captured step reads the values the
         scheduler wrote since; an eager step on CUDA does the same, so the two take identical steps);
