@@ -219,3 +219,26 @@ def test_captured_generation_emits_the_eager_tokens(pos_encoding):
             assert torch.equal(captured.probs, eager.probs)
             assert all(torch.equal(a, b) for a, b in zip(captured.hidden, eager.hidden, strict=True))
     assert len(model._captured_generation.graphs) == 2  # one per option set: the second batch replays them
+
+
+def test_optimizer_state_saved_on_a_gpu_continues_on_a_cpu():
+    """A CUDA run saves AdamW as captured steps need it (capturable, the learning rate and step counts as
+    tensors); restored on a CPU it takes torch's default form again and trains on, as the plain state does."""
+    run = trainer()
+    for _ in range(3):
+        run.train_step()
+    plain = saved(run.state())
+    as_on_gpu = torch.load(io.BytesIO(plain), weights_only=True)
+    for group in as_on_gpu["optimizer"]["param_groups"]:
+        group.update(capturable=True, lr=torch.tensor(group["lr"]))
+    continued = []
+    for state in (torch.load(io.BytesIO(plain), weights_only=True), as_on_gpu):
+        copy = trainer()
+        copy.restore(state)
+        groups = copy.optimizer.param_groups
+        assert all(not group["capturable"] and isinstance(group["lr"], float) for group in groups)
+        for _ in range(3):
+            copy.train_step()
+        continued.append(copy.model.state_dict())
+    for name, weight in continued[0].items():  # the float32 learning rate of one step rounds differently
+        assert torch.allclose(continued[1][name], weight, atol=1e-6), name
