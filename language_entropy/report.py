@@ -9,7 +9,7 @@ is the study.
 
 Configurations. A configuration is every training param except ``seed``: the params of the
 sections ``data`` (the data a model saw), ``model``, ``loss`` and ``train``, except how a run was
-executed (`EXECUTION_PARAMS`: device, processes, compile, threads, logging intervals). A param a run lacks
+executed (`EXECUTION_PARAMS`: device, processes, compile, CUDA graphs, threads, logging intervals). A param a run lacks
 (logged before the param existed) takes its current default from `language_entropy.params`, so
 older runs join the configuration they trained under. Values are compared as MLflow stores them,
 numbers by value ("0" = "0.0"). Each configuration gets a short digest (`config_key`); the
@@ -88,9 +88,8 @@ METRIC_LABELS = {
 }
 TRAINING_SECTIONS = ("data", "model", "loss", "train")
 # How a run was executed or logged, not what was trained: runs that differ only here are seeds of one configuration.
-EXECUTION_PARAMS = ("train.device", "train.nproc_per_node", "train.compile", "train.threads", "train.threads_resolved",
-                    "train.eval_every", "train.log_every",
-                    "train.checkpoint_every")
+EXECUTION_PARAMS = ("train.device", "train.nproc_per_node", "train.compile", "train.cuda_graphs", "train.threads",
+                    "train.threads_resolved", "train.eval_every", "train.log_every", "train.checkpoint_every")
 STUDY_TAG = "study"
 DERIVED_TAG = "train_run_id"
 
