@@ -23,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,12 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bench_model  # noqa: E402
 
 from language_entropy.checkpoint import load_model  # noqa: E402
-from language_entropy.data import generate_splits, with_text  # noqa: E402
+from language_entropy.data import generate_splits  # noqa: E402
 from language_entropy.evaluation import evaluate_split  # noqa: E402
 from language_entropy.model import ArithmeticDecoder  # noqa: E402
 from language_entropy.params import (  # noqa: E402
     DataConfig,
-    DigitRange,
     EntropyConfig,
     EvalConfig,
     LossConfig,
@@ -44,7 +42,6 @@ from language_entropy.params import (  # noqa: E402
     load_params,
 )
 from language_entropy.pipeline.scratch import make_project, run  # noqa: E402
-from language_entropy.problems import draw_problems  # noqa: E402
 from language_entropy.theory import theoretical_entropy_table  # noqa: E402
 from language_entropy.threads import usable_cores  # noqa: E402
 from language_entropy.training import Trainer  # noqa: E402
@@ -52,15 +49,11 @@ from language_entropy.training import Trainer  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _texts(n: int, seed: int) -> list[str]:
-    problems = draw_problems(np.random.default_rng(seed), ("add", "sub"), DigitRange(1, 3), n)
-    return with_text(problems, reverse=True)["text"].tolist()
-
-
 def default_trainer(device: torch.device, loss: LossConfig, cuda_graphs: bool, steps: int) -> Trainer:
     params = load_params(ROOT / "params.yaml")
     config = dataclasses.replace(params.train, steps=steps, cuda_graphs=cuda_graphs)
-    return Trainer(params.model, loss, config, params.seed, _texts(20_000, 0), _texts(100, 1), device)
+    return Trainer(params.model, loss, config, params.seed, bench_model.training_texts(20_000, 0),
+                   bench_model.training_texts(100, 1), device)
 
 
 def train_step_ms(device: torch.device, loss: LossConfig, cuda_graphs: bool, block: int, repeats: int) -> float:

@@ -56,10 +56,14 @@ def _median_seconds(fn, device: torch.device, repeats: int, warmup: int = 1) -> 
     return statistics.median(times)
 
 
+def training_texts(n: int, seed: int = 0) -> list[str]:
+    """Additions and subtractions of 1-3 digit numbers, answers reversed, as the default data: ~12-14 tokens."""
+    problems = draw_problems(np.random.default_rng(seed), ("add", "sub"), DigitRange(1, 3), n)
+    return with_text(problems, reverse=True)["text"].tolist()
+
+
 def training_batch(batch_size: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Additions and subtractions of 1-3 digit numbers, answers reversed: ~12-14 tokens a row."""
-    problems = draw_problems(np.random.default_rng(seed), ("add", "sub"), DigitRange(1, 3), batch_size)
-    return encode_batch(with_text(problems, reverse=True)["text"].tolist(), device)
+    return encode_batch(training_texts(batch_size, seed), device)
 
 
 def bench_train_steps(device: str | torch.device = "cpu", batch_size: int = 128, steps: int = 10,

@@ -148,21 +148,21 @@ def high_entropy_mask(entropies: torch.Tensor, mask: torch.Tensor, quantile: flo
     """
     entropies = entropies.detach().float()
     if not _distributed():  # one process: the mask itself says which values count (fewer kernels in a step)
-        if entropies.numel() == 0:
-            return torch.zeros_like(mask)
-        return (entropies >= _quantile_threshold(entropies.flatten(), mask.flatten(), quantile)) & mask
-    values = torch.where(mask, entropies, math.nan).flatten()  # NaN = not a token
-    sizes = [torch.zeros(1, dtype=torch.long, device=values.device) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([values.numel()], device=values.device))
-    longest = int(torch.cat(sizes).max())
-    padded = torch.full((longest,), math.nan, device=values.device)
-    padded[:values.numel()] = values
-    gathered = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(gathered, padded)
-    values = torch.cat(gathered)
+        values, valid = entropies.flatten(), mask.flatten()
+    else:
+        values = torch.where(mask, entropies, math.nan).flatten()  # NaN = not a token
+        sizes = [torch.zeros(1, dtype=torch.long, device=values.device) for _ in range(dist.get_world_size())]
+        dist.all_gather(sizes, torch.tensor([values.numel()], device=values.device))
+        longest = int(torch.cat(sizes).max())
+        padded = torch.full((longest,), math.nan, device=values.device)
+        padded[:values.numel()] = values
+        gathered = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(gathered, padded)
+        values = torch.cat(gathered)
+        valid = ~values.isnan()
     if values.numel() == 0:
         return torch.zeros_like(mask)
-    threshold = _quantile_threshold(values, ~values.isnan(), quantile)  # no valid token: inf, nothing high
+    threshold = _quantile_threshold(values, valid, quantile)  # no valid token: inf, nothing high
     return (entropies >= threshold) & mask
 
 

@@ -232,8 +232,9 @@ class Trainer:
                 state["step"] = state["step"].to(self.device if on_device else "cpu", torch.float32)
 
     # --- the loop --------------------------------------------------------------------------------------
-    def _local_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's rows of the global batch of `step` (B, W) and their abacus offsets (B,), on the CPU.
+    def _local_batch(self, step: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's share of `rows`, the global batch of `step`: tokens (B, W) and abacus offsets (B,),
+        on the CPU.
 
         The offsets are drawn for the whole global batch from a generator seeded by (seed, step), so
         each row gets the same offset on 1 or N ranks, and a resumed run draws the same ones. W is the
@@ -244,7 +245,7 @@ class Trainer:
         offsets = torch.randint(0, self.model.config.abacus_max_offset + 1, (self.config.batch_size,),
                                 generator=generator)
         mine = slice(self.dist.rank, None, self.dist.world_size)
-        rows = self.sampler.indices(step)[mine]
+        rows = rows[mine]
         width = self.train_tokens.shape[1] if self.graphed else int(self.train_lengths[rows].max())
         return self.train_tokens[rows, :width], offsets[mine]
 
@@ -279,7 +280,8 @@ class Trainer:
         """Take the next step; returns the number of tokens it predicted (the global batch's, all ranks).
         Its loss terms wait on the device until `flush_log`."""
         self.wrapped.train()
-        tokens, offsets = self._local_batch(self.step)
+        rows = self.sampler.indices(self.step)
+        tokens, offsets = self._local_batch(self.step, rows)
         if self.graphed:
             if self._graph is None:
                 self._graph = CapturedStep(self, tokens.to(self.device), offsets.to(self.device))
@@ -292,7 +294,7 @@ class Trainer:
             self.adaptive_optimizer.zero_grad(set_to_none=True)
             self.adaptive.loss(to_bits(global_average(terms.entropy))).backward()
             self.adaptive_optimizer.step()
-        predicted = float((self.train_lengths[self.sampler.indices(self.step)] - 1).sum())
+        predicted = float((self.train_lengths[rows] - 1).sum())
         self.step += 1
         self._pending.append((self.step, vector))
         return predicted
