@@ -411,7 +411,8 @@ def markdown_report(summary: pd.DataFrame, title: str, selection: str) -> str:
     lines = [f"# Ablation report: {title}", "",
              f"{selection}: {len(summary)} configurations, {int(summary['seeds'].sum())} seed runs "
              f"from {int(summary['runs'].sum())} MLflow runs.", "",
-             "A configuration is every `data`, `model`, `loss` and `train` param except `seed`; a run derived from "
+             "A configuration is every `data`, `model`, `loss` and `train` param except `seed` and those saying how "
+             f"a run was executed ({', '.join(f'`{p}`' for p in EXECUTION_PARAMS)}); a run derived from "
              "a training run (tag `train_run_id`: only eval or viz params changed) joins its training run and never "
              "counts as a seed (the training run's metrics are used; a metric it lacks comes from the derived run). "
              "Mean and sample sd over seeds; 95% Student t interval over seeds. Δ: difference from the baseline "
