@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,19 +58,13 @@ def default_trainer(device: torch.device, loss: LossConfig, cuda_graphs: bool, s
 def train_step_ms(device: torch.device, loss: LossConfig, cuda_graphs: bool, block: int, repeats: int) -> float:
     """Median milliseconds per `train_step` over `repeats` blocks of `block` steps (log read once a block)."""
     trainer = default_trainer(device, loss, cuda_graphs, steps=(repeats + 1) * block + 10)
-    for _ in range(block):  # warm-up: allocations, cuBLAS, the capture
-        trainer.train_step()
-    trainer.flush_log()
-    times = []
-    for _ in range(repeats):
-        bench_model._sync(device)
-        start = time.perf_counter()
+
+    def steps() -> None:
         for _ in range(block):
             trainer.train_step()
         trainer.flush_log()
-        bench_model._sync(device)
-        times.append((time.perf_counter() - start) / block)
-    return 1e3 * statistics.median(times)
+
+    return 1e3 * bench_model.median_seconds(steps, device, repeats) / block  # warm-up block: allocations, capture
 
 
 def training_figures(device: torch.device, block: int, repeats: int) -> dict[str, float]:
@@ -105,6 +98,7 @@ def eval_default_s(device: str | torch.device, graphed: bool, repeats: int, smok
     """The default evaluation (test and OOD splits, temperatures, semantic sampling) of the trained
     default model at models/model.pt when there is one, else of an untrained default-size model, on
     `device`, with generation captured in CUDA graphs when `graphed`."""
+    device = torch.device(device)
     data = DataConfig()
     splits = generate_splits(data, seed=0)
     theory = theoretical_entropy_table(data, EntropyConfig())
@@ -123,13 +117,7 @@ def eval_default_s(device: str | torch.device, graphed: bool, repeats: int, smok
         for frame in frames:
             evaluate_split(model, frame, theory, config, data.reverse_answer, seed=0)
 
-    evaluate()  # warm-up (and, graphed, every capture)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        evaluate()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), which
+    return bench_model.median_seconds(evaluate, device, repeats), which  # the warm-up captures every graph
 
 
 # --- a sweep on one GPU -----------------------------------------------------------------------------------

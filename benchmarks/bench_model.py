@@ -43,7 +43,9 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def _median_seconds(fn, device: torch.device, repeats: int, warmup: int = 1) -> float:
+def median_seconds(fn, device: torch.device, repeats: int, warmup: int = 1) -> float:
+    """Median wall seconds of `fn()` over `repeats` runs after `warmup` runs, `device` synchronised
+    after each (every benchmark here times this way)."""
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -100,8 +102,8 @@ def bench_train_steps(device: str | torch.device = "cpu", batch_size: int = 128,
         block(config)()
     ce_times, all_times = [], []
     for _ in range(repeats):
-        ce_times.append(_median_seconds(block(ce_only), device, 1, warmup=0) / steps)
-        all_times.append(_median_seconds(block(all_on), device, 1, warmup=0) / steps)
+        ce_times.append(median_seconds(block(ce_only), device, 1, warmup=0) / steps)
+        all_times.append(median_seconds(block(all_on), device, 1, warmup=0) / steps)
     ce_s, all_s = statistics.median(ce_times), statistics.median(all_times)
     return {"train_step_ce_only_ms": 1e3 * ce_s, "train_step_all_losses_ms": 1e3 * all_s,
             "train_step_ratio": all_s / ce_s, "train_batch_size": batch_size,
@@ -143,8 +145,8 @@ def bench_decoding(device: str | torch.device = "cpu", batch_size: int = 512, an
         cached = model.generate(prompts, answer_tokens).tokens
         recomputed = greedy_by_recomputation(model, prompts, answer_tokens)
         steps = cached.shape[1]  # an untrained model never ends every row early, but count what ran
-        cache_s = _median_seconds(lambda: model.generate(prompts, answer_tokens), device, repeats)
-        full_s = _median_seconds(lambda: greedy_by_recomputation(model, prompts, answer_tokens), device, repeats)
+        cache_s = median_seconds(lambda: model.generate(prompts, answer_tokens), device, repeats)
+        full_s = median_seconds(lambda: greedy_by_recomputation(model, prompts, answer_tokens), device, repeats)
     return {"decode_batch_size": batch_size, "decode_new_tokens": steps,
             "decode_kv_cache_tokens_per_s": batch_size * steps / cache_s,
             "decode_recompute_tokens_per_s": batch_size * recomputed.shape[1] / full_s,

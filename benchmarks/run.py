@@ -23,7 +23,6 @@ import dataclasses
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -45,22 +44,12 @@ from language_entropy.params import DataConfig, DigitRange, load_params
 from language_entropy.training import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def median_seconds(fn, repeats: int) -> float:
-    """Median wall time of `fn()` over `repeats` runs, after one warm-up run."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+CPU = torch.device("cpu")
 
 
 def datagen_problems_per_s(problems: int, repeats: int) -> float:
     config = DataConfig(train_size=problems - 3000, val_size=1000, test_size=1000, ood_size=1000)
-    return problems / median_seconds(lambda: generate_splits(config, seed=0), repeats)
+    return problems / bench_model.median_seconds(lambda: generate_splits(config, seed=0), CPU, repeats)
 
 
 def time_to_99_add3_s(max_steps: int | None, eval_every: int) -> dict[str, float]:
@@ -120,7 +109,7 @@ def main() -> None:
                                   "device": "cpu", "smoke": args.smoke}
     figures["datagen_problems_per_s"] = datagen_problems_per_s(20_000 if args.smoke else 1_000_000, repeats)
     figures["theory_add_sub_20_digits_s"] = (bench_theory.time_add_sub_20_digits() if not args.smoke else
-                                             median_seconds(bench_theory.time_mul_div_3x3, 1))
+                                             bench_model.median_seconds(bench_theory.time_mul_div_3x3, CPU, 1))
     steps = bench_model.bench_train_steps("cpu", steps=2 if args.smoke else 10, repeats=repeats)
     tokens_per_step = steps["train_batch_size"] * steps["train_tokens_per_row"]
     figures["train_tokens_per_s"] = tokens_per_step / (steps["train_step_all_losses_ms"] / 1e3)
