@@ -27,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench_model  # noqa: E402
+from scratch import TINY_PARAMS, make_project, run  # noqa: E402
 
 from language_entropy.checkpoint import load_model  # noqa: E402
 from language_entropy.data import generate_splits  # noqa: E402
@@ -40,7 +41,6 @@ from language_entropy.params import (  # noqa: E402
     ModelConfig,
     load_params,
 )
-from language_entropy.pipeline.scratch import make_project, run  # noqa: E402
 from language_entropy.theory import theoretical_entropy_table  # noqa: E402
 from language_entropy.threads import usable_cores  # noqa: E402
 from language_entropy.training import Trainer  # noqa: E402
@@ -177,8 +177,6 @@ def default_repro_s(smoke: bool) -> dict[str, float]:
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     if smoke:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from conftest import TINY_PARAMS
         params = TINY_PARAMS
     figures = {}
     with tempfile.TemporaryDirectory(prefix="gpu-repro-") as tmp:

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from language_entropy.batches import encode_batch  # noqa: E402
 from language_entropy.data import with_text  # noqa: E402
+from language_entropy.generation import generate  # noqa: E402
 from language_entropy.losses import compute_losses  # noqa: E402
 from language_entropy.model import ArithmeticDecoder  # noqa: E402
 from language_entropy.params import DigitRange, LossConfig, ModelConfig  # noqa: E402
@@ -142,10 +143,10 @@ def bench_decoding(device: str | torch.device = "cpu", batch_size: int = 512, an
     prompts = torch.tensor([encode(f"^{rng.randint(100, 999)}+{rng.randint(100, 999)}=") for _ in range(batch_size)],
                            device=device)
     with _autocast(device) if autocast else contextlib.nullcontext():
-        cached = model.generate(prompts, answer_tokens).tokens
+        cached = generate(model, prompts, answer_tokens).tokens
         recomputed = greedy_by_recomputation(model, prompts, answer_tokens)
         steps = cached.shape[1]  # an untrained model never ends every row early, but count what ran
-        cache_s = median_seconds(lambda: model.generate(prompts, answer_tokens), device, repeats)
+        cache_s = median_seconds(lambda: generate(model, prompts, answer_tokens), device, repeats)
         full_s = median_seconds(lambda: greedy_by_recomputation(model, prompts, answer_tokens), device, repeats)
     return {"decode_batch_size": batch_size, "decode_new_tokens": steps,
             "decode_kv_cache_tokens_per_s": batch_size * steps / cache_s,

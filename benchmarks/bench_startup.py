@@ -25,15 +25,14 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench_sweep  # noqa: E402
-
-from language_entropy.pipeline.scratch import make_project, run  # noqa: E402
+from scratch import make_project, run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["generate_data", "compute_theoretical_entropy", "train", "evaluate", "visualize"]
 MLFLOW_SETUP = """
 import json, sys, time
 start = time.perf_counter()
-from language_entropy import tracking
+from language_entropy.pipeline import tracking
 from language_entropy.params import load_params
 imported = time.perf_counter()
 experiment = tracking.connect("startup-benchmark")

@@ -30,7 +30,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from language_entropy.pipeline.scratch import make_project, run  # noqa: E402
+from scratch import make_project, run  # noqa: E402
+
 from language_entropy.threads import usable_cores  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -173,15 +173,14 @@ def _sequence_calibration(problems: pd.DataFrame, bins: int) -> tuple[dict, dict
     return per_operation, overall, pd.concat(tables, ignore_index=True)
 
 
-# ----------------------------------------------------------------------------- one split
+# ----------------------------------------------------------------------------- the sections of one split
 
 
-def evaluate_split(model: ArithmeticDecoder, frame: pd.DataFrame, theory: pd.DataFrame, config: EvalConfig,
-                   reverse_answer: bool, seed: int, continuity_on: str | int = "final",
-                   continuity_positions: str = "answer") -> SplitReport:
-    """Every measurement of one split; `theory` is the theoretical-entropy table (its bucket rows are
-    mixed with this split's bucket counts), `continuity_on` and `continuity_positions` the trained
-    model's `loss.continuity_on` / `loss.continuity_positions` (what its continuity loss acts on)."""
+def _answers(model: ArithmeticDecoder, frame: pd.DataFrame, config: EvalConfig,
+             reverse_answer: bool) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """The greedy answers and the teacher-forced token statistics: (problems, with `right`, `written` and
+    `bucket` added; the forced answer tokens, with each problem's op and lengths; the greedy sequences;
+    the exact answers as the model writes them)."""
     texts = frame["text"].tolist()
     device = next(model.parameters()).device
     forced = teacher_forced_stats(model, texts, device, config.batch_size).tokens
@@ -193,45 +192,53 @@ def evaluate_split(model: ArithmeticDecoder, frame: pd.DataFrame, theory: pd.Dat
         bucket=frame["op"] + "_" + frame["a_digits"].astype(str) + "x" + frame["b_digits"].astype(str))
     for column in ("op", "bucket", "a_digits", "b_digits"):
         forced[column] = problems[column].to_numpy()[forced["row"].to_numpy()]
-    token_ece, token_reliability = expected_calibration_error(forced["confidence"], forced["correct"],
-                                                              config.calibration_bins)
+    return problems, forced, greedy, expected
 
-    # entropy at each answer step, beside the digit-blind level of the same operation (and bucket)
-    by_step = _entropy_by_step(forced, ["op"], digit_blind_levels(theory, problems, ["op"]))
-    by_step_bucket = _entropy_by_step(forced, BUCKET_KEYS, digit_blind_levels(theory, problems, BUCKET_KEYS))
 
-    # temperature sweep: one generator per temperature; the entropy is that of the distribution sampled
-    # from, softmax(logits / T) (before top-k/top-p filtering, both off by default), so 0 for greedy
-    # decoding (a point mass)
-    temperature_rows = []
+def _temperature_sweep(model: ArithmeticDecoder, problems: pd.DataFrame, greedy: pd.DataFrame,
+                       expected: np.ndarray, config: EvalConfig, seed: int) -> pd.DataFrame:
+    """Exact match at each of `config.temperatures` (one generator each; `right_at_<T>` added to `problems`).
+    The entropy is that of the distribution sampled from, softmax(logits / T) (before top-k/top-p filtering,
+    both off by default), so 0 for greedy decoding (a point mass)."""
+    rows = []
     for temperature in config.temperatures:
         if temperature == 0:
             sampled, entropy = greedy, 0.0
         else:
-            sampled = sample_sequences(model, texts, config.batch_size, temperature, config.top_k, config.top_p,
-                                       generator=purpose_generator(seed, f"temperature {temperature:g}"))
+            sampled = sample_sequences(model, problems["text"].tolist(), config.batch_size, temperature, config.top_k,
+                                       config.top_p, generator=purpose_generator(seed, f"temperature {temperature:g}"))
             entropy = float(sampled["mean_entropy_bits"].mean())
         right = np.equal(sampled["answer"].to_numpy(), expected)
         problems[f"right_at_{temperature:g}"] = right
         rate = _rate("exact_match", right)
-        temperature_rows.append({"temperature": temperature, "exact_match": rate["exact_match"],
-                                 "exact_match_ci_low": rate["exact_match.ci_low"],
-                                 "exact_match_ci_high": rate["exact_match.ci_high"], "mean_entropy_bits": entropy})
+        rows.append({"temperature": temperature, "exact_match": rate["exact_match"],
+                     "exact_match_ci_low": rate["exact_match.ci_low"],
+                     "exact_match_ci_high": rate["exact_match.ci_high"], "mean_entropy_bits": entropy})
+    return pd.DataFrame(rows)
 
-    # sequence calibration: P(answer) under greedy decoding and for one sample at T=1, against exact match
-    once = sample_sequences(model, texts, config.batch_size, 1.0, generator=purpose_generator(seed, "calibration"))
+
+def _sequence_confidences(model: ArithmeticDecoder, problems: pd.DataFrame, greedy: pd.DataFrame,
+                          expected: np.ndarray, config: EvalConfig, seed: int) -> None:
+    """P(answer) under greedy decoding and for one sample at T=1, beside whether each is right (added to
+    `problems` as confidence_/right_ greedy and sampled_t1)."""
+    once = sample_sequences(model, problems["text"].tolist(), config.batch_size, 1.0,
+                            generator=purpose_generator(seed, "calibration"))
     problems["confidence_greedy"] = np.exp(greedy["logprob"].to_numpy(dtype=float))
     problems["right_greedy"] = problems["right"]
     problems["confidence_sampled_t1"] = np.exp(once["logprob"].to_numpy(dtype=float))
     problems["answer_sampled_t1"] = once["answer"].to_numpy()  # as emitted
     problems["right_sampled_t1"] = np.equal(once["answer"].to_numpy(), expected)
-    calibration_per_op, calibration, sequence_reliability = _sequence_calibration(problems, config.calibration_bins)
 
-    # semantic entropy on the first problems, against the same problems' token entropy and sequence NLL
-    n_semantic = min(config.semantic_problems, len(texts))
-    samples = sample_sequences(model, texts[:n_semantic], config.batch_size, config.semantic_temperature,
-                               config.top_k, config.top_p, repeats=config.semantic_samples,
-                               generator=purpose_generator(seed, "semantic"))
+
+def _error_detection(model: ArithmeticDecoder, problems: pd.DataFrame, greedy: pd.DataFrame, config: EvalConfig,
+                     reverse_answer: bool, seed: int) -> tuple[pd.DataFrame, dict, dict]:
+    """Semantic entropy on the first `semantic_problems` problems, and the AUROC of it, of the greedy answer's
+    token entropy and of its sequence NLL for flagging wrong answers: (semantic entropies, AUROCs with
+    intervals, reasons where undefined)."""
+    n_semantic = min(config.semantic_problems, len(problems))
+    samples = sample_sequences(model, problems["text"].tolist()[:n_semantic], config.batch_size,
+                               config.semantic_temperature, config.top_k, config.top_p,
+                               repeats=config.semantic_samples, generator=purpose_generator(seed, "semantic"))
     samples["answer"] = [reorder_answer(answer, reverse_answer) for answer in samples["answer"]]
     semantic = semantic_entropy_by_problem(samples)
     wrong = ~problems["right"].to_numpy()[:n_semantic]
@@ -243,37 +250,64 @@ def evaluate_split(model: ArithmeticDecoder, frame: pd.DataFrame, theory: pd.Dat
     for name, score in scores.items():
         entry, reasons[name] = _auroc(name, score.to_numpy(), wrong, seed)
         aurocs.update(entry)
+    return semantic, aurocs, reasons
 
-    # per-token entropy as a detector of per-token errors (top-1 wrong) under teacher forcing,
-    # bootstrapped over problems (a problem's tokens are not independent)
-    token_aurocs, token_reasons = {}, {}
+
+def _token_error_detection(forced: pd.DataFrame, seed: int) -> tuple[dict, dict]:
+    """Per-token entropy as a detector of per-token errors (top-1 wrong) under teacher forcing, overall and per
+    operation, bootstrapped over problems (a problem's tokens are not independent)."""
+    aurocs, reasons = {}, {}
     for operation, group in [("all", forced), *forced.groupby("op", sort=True)]:
-        entry, token_reasons[operation] = _auroc(operation, group["entropy_bits"], ~group["correct"].to_numpy(),
-                                                 seed, groups=group["row"].to_numpy())
-        token_aurocs.update(entry)
+        entry, reasons[operation] = _auroc(operation, group["entropy_bits"], ~group["correct"].to_numpy(),
+                                           seed, groups=group["row"].to_numpy())
+        aurocs.update(entry)
+    return aurocs, reasons
+
+
+# ----------------------------------------------------------------------------- one split
+
+
+def evaluate_split(model: ArithmeticDecoder, frame: pd.DataFrame, theory: pd.DataFrame, config: EvalConfig,
+                   reverse_answer: bool, seed: int, continuity_on: str | int = "final",
+                   continuity_positions: str = "answer") -> SplitReport:
+    """Every measurement of one split; `theory` is the theoretical-entropy table (its bucket rows are
+    mixed with this split's bucket counts), `continuity_on` and `continuity_positions` the trained
+    model's `loss.continuity_on` / `loss.continuity_positions` (what its continuity loss acts on)."""
+    problems, forced, greedy, expected = _answers(model, frame, config, reverse_answer)
+    token_ece, token_reliability = expected_calibration_error(forced["confidence"], forced["correct"],
+                                                              config.calibration_bins)
+    # entropy at each answer step, beside the digit-blind level of the same operation (and bucket)
+    by_step = _entropy_by_step(forced, ["op"], digit_blind_levels(theory, problems, ["op"]))
+    by_step_bucket = _entropy_by_step(forced, BUCKET_KEYS, digit_blind_levels(theory, problems, BUCKET_KEYS))
+    temperatures = _temperature_sweep(model, problems, greedy, expected, config, seed)
+    _sequence_confidences(model, problems, greedy, expected, config, seed)
+    calibration_per_op, calibration, sequence_reliability = _sequence_calibration(problems, config.calibration_bins)
+    semantic, aurocs, reasons = _error_detection(model, problems, greedy, config, reverse_answer, seed)
+    token_aurocs, token_reasons = _token_error_detection(forced, seed)
 
     per_operation = _breakdown(problems, forced, "op", config.temperatures, config.calibration_bins)
     for operation, entry in calibration_per_op.items():
         per_operation[operation].update(entry)
-    temperature_summary = {}
-    for row in temperature_rows:
-        temperature_summary[f"{row['temperature']:g}"] = {
-            "exact_match": row["exact_match"], "exact_match.ci_low": row["exact_match_ci_low"],
-            "exact_match.ci_high": row["exact_match_ci_high"], "mean_entropy_bits": row["mean_entropy_bits"]}
+    temperature_summary = {f"{row.temperature:g}": {
+        "exact_match": row.exact_match, "exact_match.ci_low": row.exact_match_ci_low,
+        "exact_match.ci_high": row.exact_match_ci_high, "mean_entropy_bits": row.mean_entropy_bits}
+        for row in temperatures.itertuples()}
+    device = next(model.parameters()).device
     summary = {
-        "n_problems": len(texts),
+        "n_problems": len(problems),
         **_rate("exact_match", problems["right"]),
         "digit_accuracy": digit_accuracy(problems["written"].tolist(), problems["answer"].tolist()),
         **perplexity(forced["nll_nats"].sum(), len(forced)),
         "mean_entropy_bits": float(forced["entropy_bits"].mean()),
         "token_ece": token_ece,
         **calibration,
-        **continuity_stats(model, texts, device, continuity_on, continuity_positions, config.batch_size),
+        **continuity_stats(model, problems["text"].tolist(), device, continuity_on, continuity_positions,
+                           config.batch_size),
         "continuity_representation": f"{continuity_on}, {continuity_positions} positions",
         "per_operation": per_operation,
         "per_bucket": _breakdown(problems, forced, "bucket", config.temperatures, config.calibration_bins),
         "temperature": temperature_summary,
-        "semantic": {"problems": n_semantic, "samples": config.semantic_samples,
+        "semantic": {"problems": len(semantic), "samples": config.semantic_samples,
                      "temperature": config.semantic_temperature,
                      "mean_semantic_entropy_bits": float(semantic["discrete_semantic_entropy"].mean()),
                      "mean_weighted_semantic_entropy_bits": float(semantic["weighted_semantic_entropy"].mean())},
@@ -282,8 +316,8 @@ def evaluate_split(model: ArithmeticDecoder, frame: pd.DataFrame, theory: pd.Dat
         "token_error_auroc": token_aurocs,
         "token_error_auroc_reason": {name: reason for name, reason in token_reasons.items() if reason is not None},
     }
-    return SplitReport(summary, by_step, by_step_bucket, token_reliability, sequence_reliability,
-                       pd.DataFrame(temperature_rows), problems)
+    return SplitReport(summary, by_step, by_step_bucket, token_reliability, sequence_reliability, temperatures,
+                       problems)
 
 
 def flatten_numbers(tree: dict, prefix: str = "") -> dict[str, float]:

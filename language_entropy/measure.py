@@ -16,8 +16,9 @@ from language_entropy import tokenizer
 from language_entropy.batches import encode_batch
 from language_entropy.data import prompt_of
 from language_entropy.entropy import NATS_TO_BITS, entropy_bits_from_probs, entropy_from_logits
+from language_entropy.generation import generate_batches
 from language_entropy.losses import continuity_distance, continuity_pair_mask, select_hidden
-from language_entropy.model import ArithmeticDecoder, generate_batches
+from language_entropy.model import ArithmeticDecoder
 
 
 @dataclass(frozen=True)

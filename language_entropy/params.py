@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from language_entropy.errors import ParamsError
+from language_entropy.resources import check_memory, longest_sequence
 
 OPERATIONS = ("add", "sub", "mul", "div")
 
@@ -101,6 +101,11 @@ class ModelConfig:
         _require(self.pos_encoding in POS_ENCODINGS, "pos_encoding", f"must be one of {list(POS_ENCODINGS)}",
                  self.pos_encoding)
         _require(self.abacus_max_offset >= 0, "abacus_max_offset", "must be >= 0", self.abacus_max_offset)
+
+    @property
+    def ffn_width(self) -> int:
+        """The SwiGLU hidden width: ~8/3 n_embd (the parameters of a 4x MLP), a multiple of 32; 256 for 96."""
+        return 32 * math.ceil(8 * self.n_embd / 3 / 32)
 
 
 ENTROPY_MASKS = ("none", "drop_high", "keep_high")
@@ -236,12 +241,11 @@ class MlflowConfig:
                      "must be a non-empty name without '/' (it names reports/<study>/) or null", self.study)
 
 
-MEMORY_LIMIT_ENV = "LANGUAGE_ENTROPY_MEMORY_LIMIT_GB"
 
 
 @dataclass(frozen=True)
 class ResourcesConfig:
-    """Bounds checked when params are loaded (see `memory_estimate`): no stage starts what it cannot finish."""
+    """Bounds checked when params are loaded (`resources.check_memory`): no stage starts what it cannot finish."""
 
     memory_limit_gb: float | None = None  # null: $LANGUAGE_ENTROPY_MEMORY_LIMIT_GB, else half this machine's memory
 
@@ -259,13 +263,6 @@ class PathsConfig:
     resume: str = "checkpoints"  # outside the stage's outs, so DVC does not delete the resume state
     metrics: str = "metrics"
     plots: str = "plots"
-
-
-def longest_sequence(operation: str, digits: int) -> int:
-    """Tokens of the longest problem with `digits`-digit operands: bos, both operands, operator, '=',
-    the longest answer (a sign or carry adds one; a product doubles the digits), eos, one spare step."""
-    answer = {"add": digits + 1, "sub": digits + 1, "mul": 2 * digits, "div": digits}[operation]
-    return 1 + 2 * digits + 2 + answer + 2
 
 
 @dataclass(frozen=True)
@@ -296,142 +293,10 @@ class Params:
         for layer in self.viz.layers:
             _require(layer <= self.model.n_layer, "viz.layers",
                      f"must be hidden-state indices 0..model.n_layer ({self.model.n_layer})", layer)
-        _check_memory(self)
 
     def flat(self) -> dict[str, object]:
         """Every value under its dotted params.yaml name, e.g. ``{"loss.entropy_weight": 0.2}``."""
         return flatten(dataclasses.asdict(self))
-
-
-# --- memory ------------------------------------------------------------------------------------------
-# Estimates from the shapes, calibrated on this project's CPU runs (2026-11): a stage's peak is about
-# start-up + data + model (+ optimizer) + one batch. Generous rather than tight: a configuration near the
-# limit is refused, one a hundred times over it never starts (it would fill the memory within seconds).
-
-GB = 1024**3
-STARTUP_BYTES = GB // 2  # the interpreter with torch, pandas and MLflow imported
-VOCAB_BOUND = 32  # tokens in the vocabulary, rounded up (params cannot import the tokenizer: it imports torch)
-ROW_BYTES = 2_000  # one problem held as pandas rows, Python strings and token lists, besides its tokens
-SEQUENCE_BYTES = 400  # one generated sequence's answer, scores and bookkeeping
-
-
-def machine_memory() -> int | None:
-    """Physical memory, or the cgroup's limit when smaller; None where neither can be read."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-    try:
-        cgroup = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if cgroup.isdigit():
-            total = min(total, int(cgroup))
-    except OSError:
-        pass
-    return total
-
-
-def memory_limit(config: ResourcesConfig) -> tuple[float | None, str]:
-    """The limit in bytes and where it comes from: the param, the environment, else half the machine."""
-    if config.memory_limit_gb is not None:
-        return config.memory_limit_gb * GB, "resources.memory_limit_gb"
-    if os.environ.get(MEMORY_LIMIT_ENV):
-        try:
-            value = float(os.environ[MEMORY_LIMIT_ENV])
-        except ValueError:
-            value = -1.0
-        _require(math.isfinite(value) and value > 0, f"${MEMORY_LIMIT_ENV}", "must be a number of GB > 0",
-                 os.environ[MEMORY_LIMIT_ENV])
-        return value * GB, f"${MEMORY_LIMIT_ENV}"
-    total = machine_memory()
-    return (total / 2 if total else None), f"half this machine's memory; set resources.memory_limit_gb or " \
-                                          f"${MEMORY_LIMIT_ENV} to change it"
-
-
-def _blame(ratios: dict[str, float]) -> str:
-    """The key that grew most against its default, of those a term scales with."""
-    return max(ratios, key=lambda key: ratios[key])
-
-
-def memory_estimate(params: Params) -> dict[str, dict[str, tuple[float, str]]]:
-    """Per stage, its terms: name -> (bytes, the params key that most makes it large)."""
-    m, d, t, e = params.model, params.data, params.train, params.eval
-    model0, train0, eval0 = ModelConfig(), TrainConfig(), EvalConfig()
-    C, L, H = m.n_embd, m.n_layer, m.n_head
-    hidden = 32 * math.ceil(8 * C / 3 / 32)  # the SwiGLU width (model.py)
-    train_len = max(longest_sequence(op, d.digits.max) for op in d.operations)
-    eval_len = max(longest_sequence(op, r.max) for op in d.operations for r in (d.digits, d.ood_digits))
-    table_rows = {"learned": m.max_seq_len, "abacus": m.max_seq_len + m.abacus_max_offset + 1}.get(m.pos_encoding, 0)
-    table = table_rows * C + (m.max_seq_len * C // H if m.pos_encoding == "rope" else 0)  # rope: cos/sin buffers
-    layers = L * (4 * C * C + 3 * C * hidden + 2 * C) + (VOCAB_BOUND + 1) * C
-    width = {"model.n_embd": (C / model0.n_embd) ** 2, "model.n_layer": L / model0.n_layer}
-    model_key = "model.max_seq_len" if table > layers else _blame(width)
-
-    def layer_floats(length: int) -> int:  # floats one token keeps per layer in a forward pass
-        return 10 * C + 4 * hidden + 2 * H * length
-
-    def rows(n: int, length: int) -> int:  # problems held as frames, strings and token lists
-        return n * (ROW_BYTES + 32 * length)
-
-    in_split = [min(e.samples or size, size) for size in (d.test_size, d.ood_size)]
-    n_eval, n_semantic = sum(in_split), min(e.semantic_problems, max(in_split))
-    eval_key = "eval.samples" if e.samples is not None and e.samples < max(d.test_size, d.ood_size) else \
-        ("data.test_size" if d.test_size >= d.ood_size else "data.ood_size")
-    eval_rows = min(e.batch_size, max(max(in_split), n_semantic * e.semantic_samples))  # batches never exceed it
-    outputs = n_eval * ((len(e.temperatures) + 1) * SEQUENCE_BYTES + 64 * eval_len)  # sampled rows, token stats
-    model_only = (4 * (table + layers), model_key)
-    return {
-        "generate-data": {"data": (rows(d.train_size + d.val_size + d.test_size + d.ood_size, eval_len),
-                                   _blame({f"data.{k}": getattr(d, k) for k in ("train_size", "val_size",
-                                                                                "test_size", "ood_size")}))},
-        "train": {
-            "data": (rows(d.train_size + d.val_size, train_len),
-                     "data.train_size" if d.train_size >= d.val_size else "data.val_size"),
-            "model and optimizer": (16 * (table + layers), model_key),
-            "one batch's activations": (
-                t.batch_size / t.nproc_per_node * train_len * (L * layer_floats(train_len) + 8 * VOCAB_BOUND) * 4,
-                _blame({"train.batch_size": t.batch_size / train0.batch_size, **width})),
-        },
-        "evaluate": {
-            "data": (rows(n_eval, eval_len) + outputs, eval_key),
-            "model": model_only,
-            "one evaluation batch": (  # no autograd: one layer at a time, and the KV cache of every layer
-                eval_rows * eval_len * 4 * (layer_floats(eval_len) + 8 * VOCAB_BOUND + 2 * L * C),
-                _blame({"eval.batch_size": e.batch_size / eval0.batch_size, **width})),
-            "semantic sampling": (
-                n_semantic * e.semantic_samples * (SEQUENCE_BYTES + 8 * eval_len),
-                _blame({"eval.semantic_samples": e.semantic_samples / eval0.semantic_samples,
-                        "eval.semantic_problems": n_semantic / eval0.semantic_problems})),
-        },
-        "visualize": {
-            "data": (rows(n_eval, eval_len) + n_eval * SEQUENCE_BYTES, eval_key),
-            "model": model_only,
-            "trajectories": (min(params.viz.trajectories, n_eval) * eval_len * (L + 1) * C * 4 * 2,
-                             "viz.trajectories"),
-        },
-    }
-
-
-def _human(n: float) -> str:
-    for unit, size in (("TB", 1024**4), ("GB", GB), ("MB", 1024**2)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n / 1024:.0f} KB"
-
-
-def _check_memory(params: Params) -> None:
-    """Refuse, naming the key and the estimate, a configuration whose stage would need more than the limit."""
-    limit, source = memory_limit(params.resources)
-    if limit is None:
-        return
-    for stage, terms in memory_estimate(params).items():
-        total = STARTUP_BYTES + sum(size for size, _ in terms.values())
-        if total > limit:
-            term, (_, key) = max(terms.items(), key=lambda item: item[1][0])
-            parts = ", ".join(f"{name} {_human(size)}" for name, (size, _) in terms.items())
-            value = params.flat().get(key)
-            raise ParamsError(f"{key}: the {stage} stage would need about {_human(total)} of memory ({parts}, "
-                              f"start-up {_human(STARTUP_BYTES)}), above the limit of {_human(limit)} ({source}): "
-                              f"lower {key} (got {value!r})")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -494,22 +359,33 @@ def _build(cls: type, mapping: dict, prefix: str = ""):
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml; every problem is a one-line `ParamsError` naming the file and key."""
+    """Read and validate params.yaml; every problem is a one-line `ParamsError` naming the file and key.
+
+    A file that is empty, not UTF-8 or not YAML is refused like a wrong value: an empty file would
+    otherwise run every stage silently on the code's defaults."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found in {Path.cwd()} (run the stages from the repository root, "
                           "where params.yaml and dvc.yaml are, or pass --params)") from None
+    except IsADirectoryError:
+        raise ParamsError(f"{path}: is a directory, not a params file") from None
+    except UnicodeDecodeError as error:
+        raise ParamsError(f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start})"
+                          ) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ParamsError(f"{path}: not valid YAML{where}") from None
     if raw is None:
-        raw = {}
+        sections = ", ".join(f.name for f in dataclasses.fields(Params))
+        raise ParamsError(f"{path}: is empty (expected the sections {sections})")
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: must be a mapping of sections (got {type(raw).__name__})")
     try:
-        return _build(Params, raw)
+        params = _build(Params, raw)
+        check_memory(params)
     except ParamsError as error:
         raise ParamsError(f"{path}: {error}") from None
+    return params

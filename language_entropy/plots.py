@@ -66,14 +66,15 @@ def pca(x: np.ndarray, n_components: int = 2) -> tuple[np.ndarray, np.ndarray, n
     return (x - x.mean(axis=0)) @ components.T, components, explained
 
 
-def _figure(nrows: int, ncols: int, figsize: tuple[float, float], **kwargs) -> tuple[Figure, np.ndarray]:
+def new_figure(nrows: int, ncols: int, figsize: tuple[float, float], **kwargs) -> tuple[Figure, np.ndarray]:
+    """A constrained-layout figure with an nrows x ncols grid of axes (always 2-D), not tied to any GUI backend."""
     fig = Figure(figsize=figsize, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False, **kwargs)
     return fig, axes
 
 
-def _save(fig: Figure, path: str | Path, dpi: int) -> Path:
+def save_figure(fig: Figure, path: str | Path, dpi: int) -> Path:
     """Write `fig` as a PNG of figsize * dpi pixels (parents created) and free it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,7 +145,7 @@ def plot_trajectories(trajectories: Sequence[Trajectory], layers: Sequence[int],
             if len(t.states[layer]) != len(t.tokens):
                 raise ValueError(f"trajectory {t.label!r}: {len(t.states[layer])} states at layer {layer} "
                                  f"but {len(t.tokens)} tokens")
-    fig, axes = _figure(1, len(layers), (5.0 * len(layers) + 2.5, 5.0))
+    fig, axes = new_figure(1, len(layers), (5.0 * len(layers) + 2.5, 5.0))
     colours = _colours(len(trajectories))
     for ax, layer in zip(axes[0], layers, strict=True):
         projected, _, ratio = pca(np.concatenate([np.asarray(t.states[layer]) for t in trajectories]))
@@ -172,7 +173,7 @@ def plot_trajectories(trajectories: Sequence[Trajectory], layers: Sequence[int],
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right upper", title="problem (square = first token)", fontsize=8)
     fig.suptitle("Hidden-state trajectories while generating the answer (PCA per layer)")
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def plot_digit_geometry(embeddings: np.ndarray, path: str | Path, dpi: int = 110) -> Path:
@@ -181,7 +182,7 @@ def plot_digit_geometry(embeddings: np.ndarray, path: str | Path, dpi: int = 110
     embeddings = np.asarray(embeddings, dtype=np.float64)
     if embeddings.ndim != 2 or embeddings.shape[0] != 10:
         raise ValueError(f"digit embeddings must have shape (10, C) (got {embeddings.shape})")
-    fig, axes = _figure(1, 2, (11.0, 5.0))
+    fig, axes = new_figure(1, 2, (11.0, 5.0))
     ax_pca, ax_cos = axes[0]
 
     projected, _, ratio = pca(embeddings)
@@ -206,7 +207,7 @@ def plot_digit_geometry(embeddings: np.ndarray, path: str | Path, dpi: int = 110
     ax_cos.set_ylabel("digit")
     ax_cos.set_title("Cosine similarity of digit embeddings")
     fig.colorbar(image, ax=ax_cos, label="cosine similarity")
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 DIGIT_BLIND = "digit-blind level"  # H(Y_t | Y_<t, operation, lengths): operation and lengths known, digits not
@@ -227,7 +228,7 @@ def plot_entropy_by_step(entropy_by_step: pd.DataFrame, path: str | Path, dpi: i
     colours = dict(zip(operations, _colours(len(operations)), strict=True))
     curves = {"model": ("model_entropy_bits", "-"), f"{DIGIT_BLIND} (answers still running)":
               ("digit_blind_running_bits", "--")}
-    fig, axes = _figure(1, len(splits), (5.5 * len(splits), 4.5), sharey=True)
+    fig, axes = new_figure(1, len(splits), (5.5 * len(splits), 4.5), sharey=True)
     for ax, split in zip(axes[0], splits, strict=True):
         rows = entropy_by_step[entropy_by_step["split"] == split]
         for op, group in rows.groupby("operation", sort=False):
@@ -245,7 +246,7 @@ def plot_entropy_by_step(entropy_by_step: pd.DataFrame, path: str | Path, dpi: i
     _style_legend(fig, {name: style for name, (_, style) in curves.items()}, loc="outside right lower", fontsize=8)
     fig.suptitle("Entropy of the next answer token: model vs a predictor that sees the operation and "
                  "lengths, not the digits")
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def plot_entropy_during_training(train_curve: pd.DataFrame, reference: pd.DataFrame | None, path: str | Path,
@@ -269,7 +270,7 @@ def plot_entropy_during_training(train_curve: pd.DataFrame, reference: pd.DataFr
         _require_columns(reference, ["step", "digit_blind_running_bits"], "reference")
         levels = dict(zip(reference["step"].astype(int), reference["digit_blind_running_bits"], strict=True))
     cmap = colormaps["viridis"]
-    fig, axes = _figure(1, 1, (9.0, 5.0))
+    fig, axes = new_figure(1, 1, (9.0, 5.0))
     ax = axes[0, 0]
     for i, (k, column) in enumerate(steps):
         colour = cmap(i / max(len(steps) - 1, 1))
@@ -285,7 +286,7 @@ def plot_entropy_during_training(train_curve: pd.DataFrame, reference: pd.DataFr
     fig.legend(loc="outside right upper", fontsize=8)
     _style_legend(fig, {"model (validation)": "-", f"{DIGIT_BLIND} (sees operation and lengths, not digits)": "--"},
                   loc="outside right lower", fontsize=8)
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 LOSS_TERMS = ("loss", "ce_loss", "continuity_loss", "entropy_loss", "val_loss")
@@ -299,7 +300,7 @@ def plot_training_curves(train_curve: pd.DataFrame, path: str | Path, dpi: int =
     is left out; NaN rows (e.g. val_loss between evaluations) are skipped per term.
     """
     _require_columns(train_curve, ["step", "val_exact_match"], "train_curve")
-    fig, axes = _figure(1, 2, (12.0, 4.5))
+    fig, axes = new_figure(1, 2, (12.0, 4.5))
     ax_loss, ax_em = axes[0]
     drawn = []
     for term in (t for t in LOSS_TERMS if t in train_curve.columns):
@@ -325,7 +326,7 @@ def plot_training_curves(train_curve: pd.DataFrame, path: str | Path, dpi: int =
     ax_em.set_ylabel("exact match (fraction of problems)")
     ax_em.set_title("Validation exact match")
     ax_em.grid(alpha=0.3)
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 DECODING_LABELS = {"greedy": "greedy answer", "sampled_t1": "one sample at T=1"}
@@ -348,7 +349,7 @@ def plot_reliability(reliability: pd.DataFrame, path: str | Path, dpi: int = 110
     if "operation" in reliability.columns:
         reliability = reliability[reliability["operation"] == "all"]
     splits = _splits(reliability)
-    fig, axes = _figure(1, len(splits), (5.0 * len(splits), 5.0), sharey=True)
+    fig, axes = new_figure(1, len(splits), (5.0 * len(splits), 5.0), sharey=True)
     for ax, split in zip(axes[0], splits, strict=True):
         filled = reliability[(reliability["split"] == split) & (reliability["count"] > 0)]
         rows = filled[filled["decoding"] == "greedy"]
@@ -375,7 +376,7 @@ def plot_reliability(reliability: pd.DataFrame, path: str | Path, dpi: int = 110
         ax.legend(loc="upper left", fontsize=7)
     axes[0, 0].set_ylabel("exact match (fraction of answers)")
     fig.suptitle("Sequence-level reliability diagram")
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def plot_temperature(temperature: pd.DataFrame, path: str | Path, dpi: int = 110) -> Path:
@@ -384,7 +385,7 @@ def plot_temperature(temperature: pd.DataFrame, path: str | Path, dpi: int = 110
     mean_entropy_bits); temperature 0 is greedy decoding, whose entropy (of the point mass it
     samples from) is 0."""
     _require_columns(temperature, ["split", "temperature", "exact_match", "mean_entropy_bits"], "temperature")
-    fig, axes = _figure(1, 2, (11.0, 4.5))
+    fig, axes = new_figure(1, 2, (11.0, 4.5))
     ax_em, ax_h = axes[0]
     splits = _splits(temperature)
     for split, colour in zip(splits, _colours(len(splits)), strict=True):
@@ -401,4 +402,4 @@ def plot_temperature(temperature: pd.DataFrame, path: str | Path, dpi: int = 110
         ax.set_xlabel("sampling temperature (0 = greedy)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)

@@ -1,11 +1,9 @@
 """The ablation report: the finished MLflow runs of one study, summarised over seeds per configuration.
 
-Which runs. `load_runs` reads the finished runs of an MLflow experiment (MLflow's `search_runs`:
-params as strings under ``params.<dotted params.yaml key>``, metrics under ``metrics.<name>``,
-tags under ``tags.<name>``). A study is selected by the tag ``study``: when any run of the
-experiment carries that tag, only the runs whose ``study`` equals the study's name are kept (plus
-runs derived from them, see below); when no run carries it, every finished run of the experiment
-is the study.
+Which runs. The input is a table of finished MLflow runs as `pipeline.runs.load_runs` reads them
+(MLflow's `search_runs`: ``run_id``, ``start_time``, params as strings under ``params.<dotted
+params.yaml key>``, metrics under ``metrics.<name>``) with a column ``derived_from`` (see below);
+that loader also selects the study's runs.
 
 Configurations. A configuration is every training param except ``seed``: the params of the
 sections ``data`` (the data a model saw), ``model``, ``loss`` and ``train``, except how a run was
@@ -17,8 +15,8 @@ params whose values differ between the configurations present are the *swept* pa
 readable columns.
 
 Derived runs. When only eval or viz params change, evaluate and visualize log into a new run
-tagged ``train_run_id`` (the training run's id) with every param, so it has the configuration and
-seed of its training run. It never counts as a seed: one (configuration, seed) is one *seed
+derived from the training run (``derived_from``: the training run's id) with every param, so it has
+the configuration and seed of its training run. It never counts as a seed: one (configuration, seed) is one *seed
 unit*, whose values are those of its training run (the newest, if a seed was trained twice);
 a metric the training run lacks is taken from its derived runs (newest first). The training
 run's evaluation is preferred because it ran under the study's own eval params, the same for
@@ -46,15 +44,12 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import unquote
 
-import mlflow
 import numpy as np
 import pandas as pd
 
-from language_entropy.errors import UserError
 from language_entropy.params import OPERATIONS, Params
-from language_entropy.plots import _figure, _save
+from language_entropy.plots import new_figure, save_figure
 
 OP = "{op}"  # placeholder in METRICS: one metric per operation present in the runs
 METRICS = (
@@ -90,8 +85,7 @@ TRAINING_SECTIONS = ("data", "model", "loss", "train")
 # How a run was executed or logged, not what was trained: runs that differ only here are seeds of one configuration.
 EXECUTION_PARAMS = ("train.device", "train.nproc_per_node", "train.compile", "train.cuda_graphs", "train.threads",
                     "train.threads_resolved", "train.eval_every", "train.log_every", "train.checkpoint_every")
-STUDY_TAG = "study"
-DERIVED_TAG = "train_run_id"
+DERIVED_FROM = "derived_from"  # column of the runs table: the training run a derived run measured, else ""
 
 # Two-sided 95% Student t quantiles t(0.975, df), df = 1..30 (from the regularized incomplete beta
 # function at 30 digits); above 30, linear in 1/df through 40, 60, 120 and the normal quantile.
@@ -143,65 +137,6 @@ def welch_interval(a: dict[str, float], b: dict[str, float]) -> dict[str, float]
     df = (va + vb) ** 2 / (va**2 / (a["n"] - 1) + vb**2 / (b["n"] - 1))
     half = t_quantile_975(max(1, math.floor(df + 1e-9))) * se  # 1e-9: a df of 2 computed as 1.9999999 stays 2
     return {"diff": diff, "diff_low": diff - half, "diff_high": diff + half}
-
-
-# ----------------------------------------------------------------------------- reading the runs
-
-
-def _check_sqlite_store(uri: str) -> None:
-    """A sqlite store that does not exist yet would be created empty: say so instead."""
-    if uri.startswith("sqlite:///"):
-        path = Path(unquote(uri[len("sqlite:///"):].split("?")[0]))
-        if not path.is_file():
-            raise UserError(f"no MLflow store at {path} (run the pipeline first, or set MLFLOW_TRACKING_URI)")
-
-
-def _tag(runs: pd.DataFrame, name: str) -> pd.Series:
-    """Tag `name` of every run as a string, "" where a run lacks it."""
-    column = f"tags.{name}"
-    if column not in runs.columns:
-        return pd.Series("", index=runs.index, dtype=object)
-    return runs[column].fillna("").astype(str)
-
-
-def select_study(runs: pd.DataFrame, study: str) -> pd.DataFrame:
-    """The runs tagged ``study`` = `study`, and the runs derived from them, when any run carries a
-    study tag; else all of `runs`."""
-    tags = _tag(runs, STUDY_TAG)
-    if not (tags != "").any():
-        runs = runs.copy()
-        runs.attrs["selection"] = f"All finished runs (no run is tagged `{STUDY_TAG}`)"
-        return runs
-    chosen = tags == study
-    chosen |= _tag(runs, DERIVED_TAG).isin(set(runs.loc[chosen, "run_id"]))
-    if not chosen.any():
-        raise UserError(f"no finished run is tagged {STUDY_TAG} = {study!r} "
-                        f"(studies there: {', '.join(sorted(set(tags) - {''}))})")
-    runs = runs[chosen].copy()
-    runs.attrs["selection"] = f"Finished runs tagged `{STUDY_TAG}` = `{study}` and the runs derived from them"
-    return runs
-
-
-def load_runs(experiment_name: str, tracking_uri: str | None = None, study: str | None = None) -> pd.DataFrame:
-    """The finished runs of `experiment_name` (of `study`, when given: see `select_study`).
-
-    tracking_uri: when given, set as MLflow's tracking URI (process-wide, like
-    `mlflow.set_tracking_uri`); else MLflow's current one. A missing store, a missing or
-    deleted experiment, or one without finished runs raises `UserError`.
-    """
-    if tracking_uri is not None:
-        mlflow.set_tracking_uri(tracking_uri)
-    uri = mlflow.get_tracking_uri()
-    _check_sqlite_store(uri)
-    experiment = mlflow.get_experiment_by_name(experiment_name)
-    if experiment is None or experiment.lifecycle_stage == "deleted":
-        known = sorted(e.name for e in mlflow.search_experiments())
-        raise UserError(f"MLflow experiment {experiment_name!r} not found in {uri} "
-                        f"(experiments there: {', '.join(known) or 'none'})")
-    runs = mlflow.search_runs(experiment_names=[experiment_name], filter_string="attributes.status = 'FINISHED'")
-    if runs.empty:
-        raise UserError(f"MLflow experiment {experiment_name!r} in {uri} has no finished runs")
-    return runs if study is None else select_study(runs, study)
 
 
 # ----------------------------------------------------------------------------- configurations
@@ -277,7 +212,8 @@ def seed_units(runs: pd.DataFrame, metrics: Sequence[str]) -> tuple[pd.DataFrame
     keys = [config_key(row) for row in params.to_dict("records")]
     seeds = [_normalise(s) for s in (runs["params.seed"].fillna(str(Params().seed)) if "params.seed" in runs.columns
                                      else [Params().seed] * len(runs))]
-    derived_of = _tag(runs, DERIVED_TAG)
+    derived_of = runs[DERIVED_FROM].fillna("").astype(str) if DERIVED_FROM in runs.columns else \
+        pd.Series("", index=runs.index)
     start = runs["start_time"] if "start_time" in runs.columns else pd.Series(0, index=runs.index)
     frame = pd.DataFrame({"config": keys, "seed": seeds, "derived_of": derived_of.to_numpy(),
                           "start": start.to_numpy(), "run_id": runs["run_id"].to_numpy()}, index=runs.index)
@@ -464,7 +400,7 @@ def plot_param(summary: pd.DataFrame, param: str, path: str | Path, dpi: int = 1
                                      if _normalise(v) != reference[p]), group))
     ncols = max(1, min(4, len(metrics)))
     nrows = max(1, math.ceil(len(metrics) / ncols))
-    fig, axes = _figure(nrows, ncols, (4.0 * ncols, 3.4 * nrows))
+    fig, axes = new_figure(nrows, ncols, (4.0 * ncols, 3.4 * nrows))
     width = 0.3 / max(1, len(series))
     for ax, metric in zip(axes.flat, metrics, strict=False):
         for index, (label, group) in enumerate(series):
@@ -491,7 +427,7 @@ def plot_param(summary: pd.DataFrame, param: str, path: str | Path, dpi: int = 1
     if metrics:
         axes.flat[0].legend(fontsize="small")
     fig.suptitle(f"{param}: mean over seeds, error bars = 95% t interval (none for 1 seed)")
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def write_report(runs: pd.DataFrame, out_dir: str | Path, dpi: int = 110, title: str = "ablation",

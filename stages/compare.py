@@ -14,10 +14,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, also in a queued copy
 
-from language_entropy.cli import run_stage, stage_parser
 from language_entropy.params import load_params
-from language_entropy.report import load_runs, write_report
-from language_entropy.tracking import project_root, tracking_uri
+from language_entropy.pipeline.cli import run_stage, stage_parser
+from language_entropy.pipeline.runs import load_runs
+from language_entropy.pipeline.tracking import project_root, tracking_uri
+from language_entropy.report import write_report
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, also in a queued copy
 
-from language_entropy.cli import run_stage, stage_params, stage_parser
+from language_entropy.pipeline.cli import run_stage, stage_params, stage_parser
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ import torch
 
 from language_entropy.batches import batch_from_tokens, encode_batch
 from language_entropy.data import with_text
+from language_entropy.generation import _CAPTURED, generate
 from language_entropy.losses import compute_losses
 from language_entropy.model import ArithmeticDecoder
 from language_entropy.params import DigitRange, LossConfig, ModelConfig, TrainConfig
@@ -117,7 +118,7 @@ def test_sampling_draws_every_uniform_before_the_first_step():
     model = ArithmeticDecoder(SMALL_MODEL).eval()
     prompts = encode_batch(["12+34=", "56+78="])["tokens"]  # BOS + prompt
     generator = torch.Generator().manual_seed(5)
-    model.generate(prompts, 9, temperature=1.0, generator=generator)
+    generate(model, prompts, 9, temperature=1.0, generator=generator)
     reference = torch.Generator().manual_seed(5)
     torch.rand((9, 2, 1), generator=reference)
     assert torch.equal(generator.get_state(), reference.get_state())
@@ -212,13 +213,13 @@ def test_captured_generation_emits_the_eager_tokens(pos_encoding):
             for graphed in (False, True):
                 model.graphed_generation = graphed
                 generator = torch.Generator().manual_seed(3)
-                outs.append(model.generate(prompts, 6, generator=generator, return_probs=True, return_hidden=True,
+                outs.append(generate(model, prompts, 6, generator=generator, return_probs=True, return_hidden=True,
                                            **options))
             eager, captured = outs
             assert torch.equal(captured.tokens, eager.tokens)
             assert torch.equal(captured.probs, eager.probs)
             assert all(torch.equal(a, b) for a, b in zip(captured.hidden, eager.hidden, strict=True))
-    assert len(model._captured_generation.graphs) == 2  # one per option set: the second batch replays them
+    assert len(_CAPTURED[model].graphs) == 2  # one per option set: the second batch replays them
 
 
 def test_optimizer_state_saved_on_a_gpu_continues_on_a_cpu():

@@ -23,8 +23,9 @@ from mlflow.tracking import MlflowClient
 from language_entropy.checkpoint import model_payload, stale_temp_files
 from language_entropy.data import generate_splits, read_split, write_splits
 from language_entropy.errors import ParamsError, UserError
+from language_entropy.generation import generate_batched
 from language_entropy.measure import generation_prompts, sample_sequences
-from language_entropy.model import ArithmeticDecoder, generate_batched
+from language_entropy.model import ArithmeticDecoder
 from language_entropy.params import DataConfig, DigitRange, ModelConfig, load_params
 from language_entropy.pipeline.guards import checkpoint_params, pid_alive
 from language_entropy.pipeline.outputs import check_outputs, output_set, stale_staging
@@ -439,3 +440,30 @@ def test_an_oversized_param_stops_the_train_stage_within_5_s_and_1_gb(tmp_path, 
     assert process.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: params.yaml: {key}: ")
     assert elapsed < 5, elapsed
     assert usage.ru_maxrss * 1024 < 1024**3  # ru_maxrss is in KiB on Linux
+
+
+@pytest.mark.slow
+def test_an_interrupt_during_the_train_stages_start_up_ends_it_within_a_second_in_one_line(project):
+    """Before the loop's own handler: while torch and MLflow import, and while the MLflow run is set up (the
+    first line on stderr comes just before the run starts and its params and datasets are logged)."""
+    write_params(project, {"seed": 3}, "fresh.yaml")  # another trajectory: no resume state, a new run
+    before = {d: snapshot(project / d) for d in ("models", "metrics")}
+    env = {**git_env(), "PYTHONUNBUFFERED": "1"}
+    for when in (0.3, 1.0, "mlflow set-up"):
+        process = subprocess.Popen([sys.executable, "stages/train.py", "--params", "fresh.yaml"], cwd=project,
+                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if when == "mlflow set-up":
+            first = process.stderr.readline()
+            assert first and "Traceback" not in first
+        else:
+            time.sleep(when)
+        signalled = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+        assert time.monotonic() - signalled < 1.0, (when, stderr)
+        assert process.returncode == 128 + signal.SIGINT, (when, stderr)
+        assert "Traceback" not in stderr, (when, stderr)
+        assert stderr.splitlines()[-1] == ("train interrupted by SIGINT: stopped, no output half-written "
+                                           "(what was there before is intact)"), (when, stderr)
+    assert {d: snapshot(project / d) for d in ("models", "metrics")} == before
+    assert not list(project.glob("**/.staging-*"))

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from language_entropy.batches import place_value_positions
-from language_entropy.model import ArithmeticDecoder, _choose, generate_batched
+from language_entropy.generation import _choose, generate, generate_batched
+from language_entropy.model import ArithmeticDecoder
 from language_entropy.params import POS_ENCODINGS, ModelConfig
 from language_entropy.tokenizer import (
     BOS_ID,
@@ -100,7 +101,7 @@ def test_sequence_longer_than_max_seq_len_is_refused():
     with pytest.raises(ValueError, match="max_seq_len"):
         model(torch.full((1, 41), BOS_ID))
     with pytest.raises(ValueError, match="max_seq_len"):
-        model.generate(random_prompts(1, 3, 3, seed=0), max_new_tokens=40)
+        generate(model, random_prompts(1, 3, 3, seed=0), max_new_tokens=40)
 
 
 def test_abacus_indices_follow_place_values():
@@ -148,7 +149,7 @@ def test_abacus_generation_uses_place_values_of_the_full_sequence():
     prompts = random_prompts(16, 3, 2, seed=5)
     seen = []
     hook = model.pos_emb.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
-    out = model.generate(prompts, max_new_tokens=12)
+    out = generate(model, prompts, max_new_tokens=12)
     hook.remove()
     fed = torch.cat([prompts, out.tokens[:, :-1]], dim=1)  # every token the model read
     assert torch.equal(torch.cat(seen, dim=1), place_value_positions(fed))
@@ -170,7 +171,7 @@ def test_bf16_autocast_forward_and_generate():
     prompts = random_prompts(3, 2, 2, seed=0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits, hidden = model(prompts, return_hidden=True)
-        out = model.generate(prompts, max_new_tokens=5, temperature=1.0, return_probs=True, return_hidden=True)
+        out = generate(model, prompts, max_new_tokens=5, temperature=1.0, return_probs=True, return_hidden=True)
     assert logits.dtype == torch.bfloat16
     assert out.tokens.shape[0] == 3 and torch.isfinite(out.probs).all()
 
@@ -183,7 +184,7 @@ def test_kv_cache_greedy_equals_full_recomputation(pos_encoding):
     model = chaotic_model(pos_encoding)
     prompts = random_prompts(24, 3, 3, seed=1)
     hook = force_eos_after_seven(model)
-    out = model.generate(prompts, max_new_tokens=14, return_probs=True, return_hidden=True)
+    out = generate(model, prompts, max_new_tokens=14, return_probs=True, return_hidden=True)
     tokens, probs, hidden = greedy_by_recomputation(model, prompts, 14)
     hook.remove()
     assert torch.equal(out.tokens, tokens)
@@ -198,7 +199,7 @@ def test_kv_cache_greedy_equals_full_recomputation(pos_encoding):
 def test_rows_stop_at_eos_and_loop_ends_when_all_have():
     model = chaotic_model("abacus", seed=2)
     hook = force_eos_after_seven(model)
-    out = model.generate(random_prompts(32, 2, 3, seed=3), max_new_tokens=30)
+    out = generate(model, random_prompts(32, 2, 3, seed=3), max_new_tokens=30)
     hook.remove()
     for row in out.tokens.tolist():
         if EOS_ID in row:
@@ -216,7 +217,7 @@ def test_sampling_is_reproducible_with_a_generator():
     prompts = random_prompts(32, 3, 3, seed=2)
 
     def sample(seed, **kwargs):
-        return model.generate(prompts, 10, temperature=1.0, generator=torch.Generator().manual_seed(seed),
+        return generate(model, prompts, 10, temperature=1.0, generator=torch.Generator().manual_seed(seed),
                               **kwargs).tokens
 
     assert torch.equal(sample(7), sample(7))
@@ -227,20 +228,20 @@ def test_sampling_is_reproducible_with_a_generator():
 def test_top_k_one_and_tiny_top_p_equal_greedy():
     model = chaotic_model("learned", seed=3)
     prompts = random_prompts(32, 3, 2, seed=4)
-    greedy = model.generate(prompts, 10).tokens
+    greedy = generate(model, prompts, 10).tokens
     gen = torch.Generator().manual_seed(0)
-    assert torch.equal(model.generate(prompts, 10, temperature=1.3, top_k=1, generator=gen).tokens, greedy)
-    assert torch.equal(model.generate(prompts, 10, temperature=1.3, top_p=1e-6, generator=gen).tokens, greedy)
+    assert torch.equal(generate(model, prompts, 10, temperature=1.3, top_k=1, generator=gen).tokens, greedy)
+    assert torch.equal(generate(model, prompts, 10, temperature=1.3, top_p=1e-6, generator=gen).tokens, greedy)
 
 
 def test_probs_are_before_filtering_and_at_temperature():
     model = chaotic_model("abacus", seed=5)
     prompts = random_prompts(4, 2, 2, seed=0)
     logits = without_pad_and_bos(model(prompts)[:, -1])  # generation never picks PAD or BOS
-    out = model.generate(prompts, 1, temperature=2.0, top_k=2, return_probs=True,
+    out = generate(model, prompts, 1, temperature=2.0, top_k=2, return_probs=True,
                          generator=torch.Generator().manual_seed(0))
     assert torch.allclose(out.probs[:, 0], F.softmax(logits / 2.0, dim=-1))
-    greedy = model.generate(prompts, 1, return_probs=True)
+    greedy = generate(model, prompts, 1, return_probs=True)
     assert torch.allclose(greedy.probs[:, 0], F.softmax(logits, dim=-1))  # temperature 0: the model's own
 
 
@@ -270,7 +271,7 @@ def test_generate_batched_keeps_the_original_order():
     assert out.tokens.shape == (12, 8) and out.probs.shape == (12, 8, VOCAB_SIZE)
     assert len(out.hidden) == model.config.n_layer + 1
     for row, prompt in enumerate(prompts):
-        single = model.generate(torch.tensor([prompt]), 8, return_probs=True, return_hidden=True)
+        single = generate(model, torch.tensor([prompt]), 8, return_probs=True, return_hidden=True)
         steps = single.tokens.shape[1]
         assert torch.equal(out.tokens[row, :steps], single.tokens[0])
         assert (out.tokens[row, steps:] == PAD_ID).all()
@@ -328,7 +329,7 @@ def test_cuda_kv_cache_greedy_equals_full_recomputation(pos_encoding):
     model = chaotic_model(pos_encoding).cuda()
     prompts = random_prompts(24, 3, 3, seed=1).cuda()
     hook = force_eos_after_seven(model)
-    out = model.generate(prompts, max_new_tokens=14, return_probs=True, return_hidden=True)
+    out = generate(model, prompts, max_new_tokens=14, return_probs=True, return_hidden=True)
     with torch.no_grad():
         tokens, probs, _ = greedy_by_recomputation(model, prompts, 14)
     hook.remove()
@@ -344,7 +345,7 @@ def test_cuda_bf16_sampling_with_any_generator():
     prompts = random_prompts(64, 3, 3, seed=2).cuda()
     with torch.autocast("cuda", dtype=torch.bfloat16):
         logits, hidden = model(prompts, return_hidden=True)
-        runs = [model.generate(prompts, 8, temperature=1.0, top_p=0.95, return_probs=True, return_hidden=True,
+        runs = [generate(model, prompts, 8, temperature=1.0, top_p=0.95, return_probs=True, return_hidden=True,
                                generator=torch.Generator(device=device).manual_seed(1)).tokens
                 for device in ("cuda", "cuda", "cpu", "cpu")]
     assert logits.dtype == torch.bfloat16 and len(hidden) == 4

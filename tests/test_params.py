@@ -95,3 +95,26 @@ def test_stage_exits_2_with_one_line_and_writes_nothing(tmp_path):
     assert done.returncode == 2
     assert done.stderr == f"error: {params}: data.digits.min must be >= 1 (got 0)\n"
     assert not (tmp_path / "data").exists()
+
+
+BROKEN_FILES = {  # what a params.yaml can be besides wrong values, and the line each gives
+    "empty": (b"", "is empty (expected the sections seed, paths, data"),
+    "not UTF-8": ("seed: 0\ndata:\n  operations: [add]  # caf\u00e9\n".encode("latin-1"),
+                  "not UTF-8 text (byte 0xe9 at offset 40)"),
+    "not YAML": (b"seed: 0\ndata: {operations: [add\n", "not valid YAML at line"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BROKEN_FILES))
+def test_every_stage_refuses_a_broken_params_file_with_one_line(tmp_path, kind):
+    content, message = BROKEN_FILES[kind]
+    params = tmp_path / "params.yaml"
+    params.write_bytes(content)
+    for script in sorted((ROOT / "stages").glob("*.py")):
+        if script.name == "compare.py":  # the study report reads MLflow, not params.yaml
+            continue
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        assert done.returncode == 2, (script.name, done.stderr)
+        assert done.stderr.startswith(f"error: params.yaml: {message}"), (script.name, done.stderr)
+        assert done.stderr.count("\n") == 1, (script.name, done.stderr)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["params.yaml"]  # nothing written

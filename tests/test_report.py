@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from language_entropy.cli import run_stage
 from language_entropy.errors import UserError
+from language_entropy.pipeline.cli import run_stage
+from language_entropy.pipeline.runs import load_runs
 from language_entropy.report import (
     T_975,
-    load_runs,
     metric_names,
     seed_interval,
     summarise,

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from language_entropy import tracking
+from language_entropy.pipeline import tracking
 
 
 @pytest.fixture

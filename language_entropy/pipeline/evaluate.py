@@ -9,16 +9,18 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from language_entropy import tokenizer, tracking
+from language_entropy import tokenizer
 from language_entropy.checkpoint import load_checkpoint, load_model
 from language_entropy.data import prompt_of, read_split
-from language_entropy.devices import select_device
 from language_entropy.entropy import entropy_bits_from_probs
 from language_entropy.errors import UserError
 from language_entropy.evaluation import SPLIT_NAMES, evaluate_split, flatten_numbers, headline
+from language_entropy.generation import generate_batched
 from language_entropy.measure import expected_answers, generation_prompts
-from language_entropy.model import ArithmeticDecoder, generate_batched
+from language_entropy.model import ArithmeticDecoder
 from language_entropy.params import LossConfig, Params
+from language_entropy.pipeline import tracking
+from language_entropy.pipeline.devices import select_device
 from language_entropy.pipeline.guards import checkpoint_params, clean_leftovers, interruptible
 from language_entropy.pipeline.outputs import adhoc_folder, check_outputs, output_set
 from language_entropy.problems import reorder_answer
@@ -66,7 +68,7 @@ REPORT_FILE, HEADLINE_FILE = "eval.json", "summary.json"  # every number; the do
 OUTPUT_FILES = [REPORT_FILE, HEADLINE_FILE, *TABLES]
 
 
-@interruptible("evaluate")
+@interruptible
 def run_evaluation(params: Params, checkpoint: Path, samples: int | None, verbosity: int, adhoc: bool = False,
                    as_is: bool = False) -> dict:
     """The evaluate stage: measure the checkpoint on test and OOD, write metrics, log to its MLflow run.

@@ -16,10 +16,11 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from language_entropy import tracking
 from language_entropy.checkpoint import model_config_differences, stale_temp_files
 from language_entropy.errors import UserError
 from language_entropy.params import Params
+from language_entropy.pipeline import tracking
+from language_entropy.pipeline.cli import StageInterrupted
 from language_entropy.pipeline.outputs import stale_staging
 
 LOCK_NAME = "train.lock"
@@ -106,43 +107,22 @@ def checkpoint_params(params: Params, payload: dict, checkpoint: Path, as_is: bo
 # --- interrupts -----------------------------------------------------------------------------------------
 
 
-class StageInterrupted(BaseException):
-    """SIGINT or SIGTERM arrived during a stage (a BaseException, as KeyboardInterrupt: no `except Exception`
-    on the way swallows it)."""
+def interruptible(run):
+    """Decorator for a stage's run function: an interrupt (`cli.StageInterrupted`, raised by the handler
+    `cli.run_stage` installs) ends the MLflow run this process has open KILLED on its way to `run_stage`,
+    which says so in one line. An output set being written is discarded (`outputs.output_set`)."""
 
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
+    @functools.wraps(run)
+    def wrapper(*args, **kwargs):
+        try:
+            return run(*args, **kwargs)
+        except StageInterrupted:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C does not interrupt the clean-up
+            tracking.end_active_run("KILLED")
+            raise
 
-
-def interruptible(stage: str):
-    """Decorator for a stage's run function: SIGINT/SIGTERM stop it with one line and exit status 128 + signal,
-    no traceback. An output set being written is discarded (`outputs.output_set`), so the previous outputs
-    stay; an MLflow run left open ends KILLED."""
-
-    def decorate(run):
-        @functools.wraps(run)
-        def wrapper(*args, **kwargs):
-            def interrupt(signum, frame):
-                raise StageInterrupted(signum)
-
-            previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-            try:
-                return run(*args, **kwargs)
-            except StageInterrupted as stop:
-                for sig in previous:
-                    signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C does not interrupt the clean-up
-                tracking.end_active_run("KILLED")
-                print(f"{stage} interrupted by {signal.Signals(stop.signum).name}: stopped, no output half-written "
-                      "(what was there before is intact)", file=sys.stderr)
-                raise SystemExit(128 + stop.signum) from None
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-
-        return wrapper
-
-    return decorate
+    return wrapper
 
 
 # --- leftovers of killed processes ----------------------------------------------------------------------

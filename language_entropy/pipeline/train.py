@@ -19,14 +19,16 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from language_entropy import tokenizer, tracking
+from language_entropy import tokenizer
 from language_entropy.checkpoint import load_checkpoint, model_config_differences, model_payload, save_checkpoint
 from language_entropy.data import SPLITS, read_split, split_path
-from language_entropy.devices import select_device
 from language_entropy.errors import UserError
 from language_entropy.params import Params
+from language_entropy.pipeline import tracking
+from language_entropy.pipeline.cli import StageInterrupted
 from language_entropy.pipeline.deps import ROOT, stage_files
-from language_entropy.pipeline.guards import clean_leftovers, hold_train_lock, release_train_lock
+from language_entropy.pipeline.devices import select_device
+from language_entropy.pipeline.guards import clean_leftovers, hold_train_lock, interruptible, release_train_lock
 from language_entropy.pipeline.outputs import check_outputs, output_set
 from language_entropy.training import (
     CURVE_LOSS_COLUMNS,
@@ -139,6 +141,7 @@ def preflight(params: Params, base: Path | None) -> tuple[dict | None, dict[str,
     return base_payload, splits, tracking.connect(params.mlflow.experiment)
 
 
+@interruptible
 def run_training(params: Params, base: Path | None = None, wait: bool = False) -> Path:
     """The train stage: fresh, resumed or continued (`base`) training, logged to MLflow; returns the model path.
     Another training in this checkout makes it refuse at once, or with `wait` wait for it."""
@@ -204,9 +207,9 @@ def run_training(params: Params, base: Path | None = None, wait: bool = False) -
         if dist_info.is_main:
             tracking.end_run(status="FAILED")
         raise TrainingDiverged(f"{error}; the last good checkpoint is kept at {resume_path}") from None
-    except BaseException:  # anything else: the run did not finish (MLflow's exit hook would say FINISHED)
+    except BaseException as error:  # anything else: the run did not finish (MLflow's exit hook would say FINISHED)
         if dist_info.is_main:
-            tracking.end_run(status="FAILED")
+            tracking.end_run(status="KILLED" if isinstance(error, StageInterrupted) else "FAILED")
         raise
 
     model_path = Path(params.paths.model)

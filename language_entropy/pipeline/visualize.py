@@ -9,15 +9,17 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from language_entropy import plots, tokenizer, tracking
+from language_entropy import plots, tokenizer
 from language_entropy.checkpoint import load_checkpoint, load_model
 from language_entropy.data import prompt_of, read_split
-from language_entropy.devices import select_device
 from language_entropy.errors import UserError
 from language_entropy.evaluation import digit_blind_levels
+from language_entropy.generation import generate_batched
 from language_entropy.measure import generation_prompts, greedy_right
-from language_entropy.model import ArithmeticDecoder, generate_batched
+from language_entropy.model import ArithmeticDecoder
 from language_entropy.params import Params
+from language_entropy.pipeline import tracking
+from language_entropy.pipeline.devices import select_device
 from language_entropy.pipeline.guards import checkpoint_params, clean_leftovers, interruptible
 from language_entropy.pipeline.outputs import adhoc_folder, check_outputs, output_set
 from language_entropy.problems import reorder_answer
@@ -88,7 +90,7 @@ def read_report(path: Path) -> dict:
             from None
 
 
-@interruptible("visualize")
+@interruptible
 def run_visualization(params: Params, base: Path | None = None) -> list[Path]:
     """Draw every figure into `paths.plots` and log them to the model's MLflow run. `base`: the checkpoint
     to draw instead of paths.model, used with its own model config when that differs from params; such a

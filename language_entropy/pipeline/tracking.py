@@ -41,6 +41,8 @@ STORE_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
 SERVER_PROBE_TIMEOUT_S = 5
 PARAMS_DIGEST_TAG = "params_digest"
+STUDY_TAG = "study"  # mlflow.study: the study a run belongs to (stages/compare.py selects by it)
+TRAIN_RUN_TAG = "train_run_id"  # on a run of evaluate/visualize derived from a training run: that run's id
 SCHEMA_ROWS = 1000  # rows a logged split's schema is inferred from
 
 
@@ -168,7 +170,7 @@ def run_tags(flat_params: dict[str, object]) -> dict[str, str]:
             "dvc_exp_baseline_rev": baseline, "swept": described or "none",
             "mlflow.runName": f"{experiment} {described}".strip()}
     if flat_params.get("mlflow.study"):
-        tags["study"] = str(flat_params["mlflow.study"])
+        tags[STUDY_TAG] = str(flat_params["mlflow.study"])
     return tags
 
 
@@ -238,11 +240,11 @@ def start_pipeline_run(experiment_id: str, train_run_id: str | None, flat_params
     if train_run_id is not None:
         same_params = _find_run(experiment_id, f"attributes.run_id = '{train_run_id}' and "
                                                f"tags.{PARAMS_DIGEST_TAG} = '{digest}'")
-        derived = same_params or _find_run(experiment_id, f"tags.train_run_id = '{train_run_id}' and "
+        derived = same_params or _find_run(experiment_id, f"tags.{TRAIN_RUN_TAG} = '{train_run_id}' and "
                                                           f"tags.{PARAMS_DIGEST_TAG} = '{digest}'")
         if derived:
             return start_run(experiment_id, run_id=derived)
-    tags = run_tags(flat_params) | ({"train_run_id": train_run_id} if train_run_id else {})
+    tags = run_tags(flat_params) | ({TRAIN_RUN_TAG: train_run_id} if train_run_id else {})
     run_id = start_run(experiment_id, tags=tags)
     log_params(flat_params)
     return run_id
