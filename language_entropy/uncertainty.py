@@ -10,7 +10,11 @@ summaries live in `language_entropy.entropy`.
   (Kuhn, Gal & Farquhar, "Semantic Uncertainty", ICLR 2023; Farquhar et al., "Detecting
   hallucinations in large language models using semantic entropy", Nature 2024).
 - `perplexity`, `digit_accuracy`: plain accuracy and likelihood summaries.
-- `wilson_interval`, `bootstrap_auroc_interval`: how far a proportion or an AUROC can be trusted.
+- `wilson_interval`, `bootstrap_auroc_interval`: how far a proportion or an AUROC can be trusted;
+  `interval_withheld`: why an AUROC interval is not given (too few wrong or right answers).
+- `stratified_auroc`, `bootstrap_stratified_auroc_interval`: the AUROC within each (operation,
+  operand lengths) bucket, averaged over buckets: a score that only tells the hard bucket from the
+  easy one gets 0.5, where the pooled AUROC would credit it.
 - `brier_score`, `sequence_calibration`: calibration of one confidence per whole answer.
 
 Entropies are in bits; log-probabilities and negative log-likelihoods are in nats.
@@ -487,3 +491,89 @@ def _grouped_auroc(scores: np.ndarray, labels: np.ndarray, codes: np.ndarray, n_
     pairs = (positive * (below + negative / 2)).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):  # one class: 0 / 0 = NaN, skipped by the caller
         return pairs / (positive.sum(axis=1) * negative.sum(axis=1))
+
+
+# ---------------------------------------------------------------------------------------------
+# AUROC within buckets (issue 26)
+
+MIN_CLASS_FOR_INTERVAL = 10  # wrong and right answers an AUROC interval needs: with 2-3 of a class it means little
+
+
+def interval_withheld(labels: ArrayLike, minimum: int = MIN_CLASS_FOR_INTERVAL) -> str | None:
+    """Why no interval is given for an AUROC over `labels` (1 = wrong): "no interval: 3 wrong answers
+    (fewer than 10)", or None when each class has at least `minimum` members. A bootstrap over 2-3
+    wrong answers resamples the same few points and draws a narrow interval it cannot back."""
+    labels = _binary(labels, "labels")
+    wrong = int(labels.sum())
+    counts = {"wrong": wrong, "right": labels.size - wrong}
+    short = [f"{count} {name} answer{'s' if count != 1 else ''}" for name, count in counts.items() if count < minimum]
+    return f"no interval: {' and '.join(short)} (fewer than {minimum})" if short else None
+
+
+@dataclass(frozen=True)
+class StratifiedAuroc:
+    """The mean of per-bucket AUROCs (None with the reason when no bucket has both classes) and the
+    buckets: ``stratum``, ``n``, ``n_wrong``, ``auroc`` (NaN where the bucket has one class only)."""
+
+    value: float | None
+    reason: str | None
+    buckets: pd.DataFrame
+
+
+def stratified_auroc(scores: ArrayLike, labels: ArrayLike, strata: ArrayLike) -> StratifiedAuroc:
+    """AUROC of `scores` as a detector of `labels` == 1 within each stratum (e.g. the bucket
+    ``add_4x5``), averaged over the strata with both classes, each stratum counting once.
+
+    Per stratum the AUROC is `sklearn.metrics.roc_auc_score` (as `auroc`); a stratum whose answers are
+    all right or all wrong has none and is skipped. Averaging within-bucket AUROCs removes what the
+    pooled AUROC credits for knowing which bucket is hard: a score constant within each bucket gets 0.5.
+    """
+    scores, labels = _vector(scores, "scores"), _binary(labels, "labels")
+    strata = np.asarray(strata)
+    _same_length(scores, labels, "scores", "labels")
+    _same_length(scores, strata, "scores", "strata")
+    auroc(scores, labels)  # validates the scores (finite)
+    rows = []
+    for stratum in sorted(set(strata.tolist())):
+        inside = strata == stratum
+        result = auroc(scores[inside], labels[inside])
+        rows.append({"stratum": stratum, "n": int(inside.sum()), "n_wrong": int(labels[inside].sum()),
+                     "auroc": math.nan if result.value is None else result.value})
+    buckets = pd.DataFrame(rows, columns=["stratum", "n", "n_wrong", "auroc"])
+    scored = buckets["auroc"].dropna()
+    if scored.empty:
+        return StratifiedAuroc(None, f"undefined: no bucket of {len(buckets)} holds both wrong and right answers",
+                               buckets)
+    return StratifiedAuroc(float(scored.mean()), None, buckets)
+
+
+def bootstrap_stratified_auroc_interval(scores: ArrayLike, labels: ArrayLike, strata: ArrayLike, n_boot: int = 1000,
+                                        seed: int = 0, level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of `stratified_auroc`, resampling problems within each stratum.
+
+    Each stratum the estimate uses (both classes present) is resampled with replacement on its own,
+    ``integers(0, n_s, size=(n_boot, n_s))`` from one ``default_rng(seed)`` in sorted stratum order; a
+    resample's value is the mean of its strata's AUROCs, a stratum drawn with one class only left out
+    of that mean. None when the estimate is undefined or no resample holds both classes in any stratum.
+    """
+    estimate = stratified_auroc(scores, labels, strata)  # validates
+    if estimate.value is None:
+        return None
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1 (got {n_boot})")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1) (got {level})")
+    scores, labels, strata = _vector(scores, "scores"), _binary(labels, "labels"), np.asarray(strata)
+    rng = np.random.default_rng(seed)
+    per_stratum = []
+    for stratum in estimate.buckets.loc[estimate.buckets["auroc"].notna(), "stratum"]:
+        members = np.flatnonzero(strata == stratum)
+        draws = members[rng.integers(0, members.size, size=(n_boot, members.size))]  # (n_boot, n_s)
+        per_stratum.append(_auroc_by_ranks(scores[draws], labels[draws]))  # (n_boot,)
+    values = np.stack(per_stratum, axis=1)  # (n_boot, strata)
+    defined = np.isfinite(values).any(axis=1)
+    if not defined.any():  # possible only with very few answers of a class
+        return None
+    means = np.nanmean(values[defined], axis=1)
+    low, high = np.quantile(means, [(1.0 - level) / 2, (1.0 + level) / 2])
+    return float(low), float(high)
