@@ -6,13 +6,15 @@ reading (e.g. its OOD exact match); a configuration's seed values are what these
 - `seed_interval`: n, mean, sample sd and the 95% Student t interval over seeds.
 - `bounded_interval`: the same for a reading with a range (a rate in [0, 1], an entropy >= 0): a t
   interval on the logit (or log) scale of the mean, so the interval never leaves the range.
+  `interval_from_stats` computes either from (n, mean, sd) alone.
 - `welch_interval`: difference of two independent sets of seeds (Welch); `paired_interval`: the
   difference when both sets share seeds (and so data): the t interval of the per-seed differences.
 - `adjust_bh`, `adjust_holm`: adjusted p-values over a family of differences (false discovery rate,
   family-wise error rate).
-- `dose_response`: least-squares slope of a reading against a swept numeric value, with its interval.
-- `pooled_sd`, `seeds_needed`, `detectable_difference`: the between-seed spread and what a study of n
-  seeds can resolve (normal approximation).
+- `dose_response`: least-squares slope of a reading against a swept numeric value, with its interval
+  (`dose_response_from_stats`: the same from each value's n, mean and sd).
+- `pooled_sd` (`pooled_sd_from_stats`), `seeds_needed`, `detectable_difference`: the between-seed
+  spread and what a study of n seeds can resolve (normal approximation).
 
 Every interval is two-sided 95%. t quantiles come from a table (`T_975`), exact to 1e-15 for df 1..30
 and interpolated in 1/df above (error < 1e-4); p-values from scipy's t distribution at the same df, so
@@ -70,38 +72,43 @@ def seed_interval(values: Sequence[float]) -> dict[str, float]:
     """n, mean, sample sd and the 95% t interval of the finite `values` (interval NaN for n < 2)."""
     x = _finite(values)
     n = len(x)
-    mean = float(x.mean()) if n else math.nan
-    sd = float(x.std(ddof=1)) if n > 1 else math.nan
-    half = t_quantile_975(n - 1) * sd / math.sqrt(n) if n > 1 else math.nan
-    return {"n": n, "mean": mean, "sd": sd, "ci_low": mean - half, "ci_high": mean + half}
+    return interval_from_stats(n, float(x.mean()) if n else math.nan, float(x.std(ddof=1)) if n > 1 else math.nan)
 
 
 def bounded_interval(values: Sequence[float], low: float = 0.0, high: float = 1.0) -> dict[str, float]:
     """`seed_interval` for a reading that lives in [low, high] (high may be inf): its interval stays inside.
-
-    The mean m and sd s are the plain ones. With u = (m - low) / (high - low) the interval is the t
-    interval on the logit scale of the mean, mapped back (the delta method: the logit's standard error is
-    s / (sqrt(n) (high - low) u (1 - u))):
-
-        logit(u) +- t(0.975, n - 1) s / (sqrt(n) (high - low) u (1 - u))
-
-    and for a reading bounded below only (high = inf) the same on the log scale of m - low. The interval
-    always holds the mean, is asymmetric near an end (it cannot cross it) and, for a mean far from the
-    ends, is close to the plain t interval. Seeds all at one end (m = low or high, so s = 0) give the
-    point itself, as the plain t interval does for any seeds that agree. A value outside [low, high]
-    raises ValueError; with no range at all (both infinite) this is `seed_interval`.
-    """
+    See `interval_from_stats`; a value outside [low, high] raises ValueError."""
     if not low < high:
         raise ValueError(f"bounded_interval needs low < high (got {low}, {high})")
     x = _finite(values)
     outside = (x < low) | (x > high)
     if outside.any():
         raise ValueError(f"values must lie in [{low}, {high}]: {x[outside][:3].tolist()} do not")
-    result = seed_interval(x)
-    n, mean, sd = result["n"], result["mean"], result["sd"]
-    if n < 2 or not (math.isfinite(low) or math.isfinite(high)):
+    n = len(x)
+    return interval_from_stats(n, float(x.mean()) if n else math.nan, float(x.std(ddof=1)) if n > 1 else math.nan,
+                               low, high)
+
+
+def interval_from_stats(n: int, mean: float, sd: float, low: float = -math.inf,
+                        high: float = math.inf) -> dict[str, float]:
+    """n, mean, sd and the 95% interval of a mean over n seeds, from those three numbers alone.
+
+    Unbounded (the default): the Student t interval mean +- t(0.975, n - 1) sd / sqrt(n).
+    A reading in [low, high]: with u = (mean - low) / (high - low), the t interval on the logit scale of
+    the mean, mapped back (the delta method: the logit's standard error is sd / (sqrt(n) (high - low)
+    u (1 - u))):
+
+        logit(u) +- t(0.975, n - 1) sd / (sqrt(n) (high - low) u (1 - u))
+
+    and for a reading bounded on one side only the same on the log scale of its distance from the bound.
+    The interval always holds the mean, cannot cross an end (it is asymmetric near one) and, for a mean
+    far from the ends, is close to the plain t interval. Seeds that all agree (sd 0, the only way for a
+    mean to sit at an end) give the point itself. No interval (NaN) for n < 2.
+    """
+    result = {"n": n, "mean": mean, "sd": sd, "ci_low": math.nan, "ci_high": math.nan}
+    if n < 2:
         return result
-    if sd == 0 or mean in (low, high):  # every seed agrees (at an end this is the only way to be there)
+    if sd == 0:  # every seed agrees
         return {**result, "ci_low": mean, "ci_high": mean}
     half = t_quantile_975(n - 1) * sd / math.sqrt(n)  # on the reading's own scale
     if math.isfinite(low) and math.isfinite(high):
@@ -112,9 +119,11 @@ def bounded_interval(values: Sequence[float], low: float = 0.0, high: float = 1.
     elif math.isfinite(low):
         centre, spread = math.log(mean - low), half / (mean - low)
         ends = [low + math.exp(centre + sign * spread) for sign in (-1, 1)]
-    else:  # bounded above only: mirror
+    elif math.isfinite(high):  # bounded above only: the mirror image
         centre, spread = math.log(high - mean), half / (high - mean)
         ends = [high - math.exp(centre - sign * spread) for sign in (-1, 1)]
+    else:
+        return {**result, "ci_low": mean - half, "ci_high": mean + half}
     return {**result, "ci_low": min(max(ends[0], low), mean), "ci_high": max(min(ends[1], high), mean)}
 
 
@@ -207,13 +216,44 @@ def dose_response(x: ArrayLike, y: ArrayLike) -> dict[str, float]:
             "p": _two_sided_p(slope, se, n - 2)}
 
 
-def pooled_sd(groups: Sequence[ArrayLike]) -> dict[str, float]:
-    """The between-seed sd pooled over groups (e.g. configurations), with its 95% chi-square interval.
+def dose_response_from_stats(levels: ArrayLike, ns: ArrayLike, means: ArrayLike, sds: ArrayLike) -> dict[str, float]:
+    """`dose_response` from each level's seed count, mean and sample sd alone (the same numbers: a least-squares
+    fit sees a level's points only through these). With N = sum n_g, xbar = sum n_g x_g / N:
 
-    sd^2 = sum_g (n_g - 1) s_g^2 / df, df = sum_g (n_g - 1), over the groups with 2+ finite values;
-    interval sd * sqrt(df / chi2(0.975, df)) .. sd * sqrt(df / chi2(0.025, df)). NaN with no such group.
-    """
-    spreads = [(len(g) - 1, float(np.var(g, ddof=1))) for g in map(_finite, groups) if len(g) > 1]
+        slope = sum n_g (x_g - xbar) ybar_g / Sxx,   Sxx = sum n_g (x_g - xbar)^2
+        residual SS = sum (n_g - 1) s_g^2 + sum n_g (ybar_g - fitted_g)^2   (within levels + around the line)
+
+    A level with one seed has no sd: its within-level part is 0. Levels with n_g = 0 are left out."""
+    x, n, m, s = (np.asarray(a, dtype=float) for a in (levels, ns, means, sds))
+    keep = (n > 0) & np.isfinite(x) & np.isfinite(m)
+    x, n, m, s = x[keep], n[keep], m[keep], np.where(n[keep] > 1, s[keep], 0.0)
+    total, distinct = int(n.sum()), len(np.unique(x))
+    if distinct < 3:
+        return {"n": total, "levels": distinct, "slope": math.nan, "slope_low": math.nan, "slope_high": math.nan,
+                "p": math.nan}
+    xbar = float(n @ x / total)
+    dx = x - xbar
+    sxx = float(n @ dx**2)
+    slope = float(n @ (dx * m) / sxx)
+    fitted = float(n @ m / total) + slope * dx
+    residual = float((n - 1) @ s**2 + n @ (m - fitted) ** 2)
+    se = math.sqrt(residual / (total - 2) / sxx)
+    half = t_quantile_975(total - 2) * se
+    return {"n": total, "levels": distinct, "slope": slope, "slope_low": slope - half, "slope_high": slope + half,
+            "p": _two_sided_p(slope, se, total - 2)}
+
+
+def pooled_sd(groups: Sequence[ArrayLike]) -> dict[str, float]:
+    """The between-seed sd pooled over groups (e.g. configurations) of seed values, with its 95%
+    chi-square interval: `pooled_sd_from_stats` of each group's count and sample sd."""
+    finite = [g for g in map(_finite, groups) if len(g) > 1]
+    return pooled_sd_from_stats([len(g) for g in finite], [float(np.std(g, ddof=1)) for g in finite])
+
+
+def pooled_sd_from_stats(ns: Sequence[int], sds: Sequence[float]) -> dict[str, float]:
+    """sd^2 = sum_g (n_g - 1) s_g^2 / df, df = sum_g (n_g - 1), over the groups with n_g >= 2 and a finite
+    s_g; interval sd sqrt(df / chi2(0.975, df)) .. sd sqrt(df / chi2(0.025, df)). NaN with no such group."""
+    spreads = [(int(n) - 1, float(sd) ** 2) for n, sd in zip(ns, sds, strict=True) if n >= 2 and math.isfinite(sd)]
     df = sum(d for d, _ in spreads)
     if df == 0:
         return {"sd": math.nan, "df": 0, "ci_low": math.nan, "ci_high": math.nan}

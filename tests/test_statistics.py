@@ -15,8 +15,11 @@ from language_entropy.statistics import (
     bounded_interval,
     detectable_difference,
     dose_response,
+    dose_response_from_stats,
+    interval_from_stats,
     paired_interval,
     pooled_sd,
+    pooled_sd_from_stats,
     seed_interval,
     seeds_needed,
     t_quantile_975,
@@ -224,3 +227,20 @@ def test_seeds_needed_is_the_normal_approximation():
     assert detectable_difference(0.066, seeds_needed(0.066, 0.05)) <= 0.05
     with pytest.raises(ValueError, match="sd"):
         seeds_needed(math.nan, 0.05)
+
+
+def test_the_from_stats_forms_equal_the_forms_on_seed_values():
+    rng = np.random.default_rng(0)
+    x = np.repeat([-0.5, -0.2, 0.0, 0.2, 0.5], [3, 3, 4, 3, 1])  # unequal seeds per level, one level with one seed
+    y = 0.3 - 0.1 * x + rng.normal(scale=0.02, size=x.size)
+    levels = np.unique(x)
+    groups = [y[x == v] for v in levels]
+    ns = [len(g) for g in groups]
+    means = [g.mean() for g in groups]
+    sds = [g.std(ddof=1) if len(g) > 1 else math.nan for g in groups]
+    assert dose_response_from_stats(levels, ns, means, sds) == pytest.approx(dose_response(x, y), rel=1e-12)
+    assert pooled_sd_from_stats(ns, sds) == pytest.approx(pooled_sd(groups), rel=1e-12)
+    values = rng.beta(2, 20, 5)
+    for low, high in ((0.0, 1.0), (0.0, math.inf), (-math.inf, math.inf)):
+        assert interval_from_stats(5, values.mean(), values.std(ddof=1), low, high) == pytest.approx(
+            bounded_interval(values, low, high) if math.isfinite(low) else seed_interval(values), rel=1e-12)
