@@ -53,8 +53,11 @@ class DataConfig:
     test_size: int = 2_000
     ood_size: int = 1_000
     reverse_answer: bool = True
+    seed: int | None = None  # the splits' seed; null = the run's `seed`. Set it to hold the data fixed across seeds
 
     def __post_init__(self):
+        if self.seed is not None:
+            _require(0 <= self.seed < 2**32, "seed", "must be in [0, 2**32) or null (follow the run's seed)", self.seed)
         _require(len(self.operations) > 0, "operations", "must name at least one operation", list(self.operations))
         for op in self.operations:
             _require(op in OPERATIONS, "operations", f"must be a subset of {list(OPERATIONS)}", op)
@@ -293,6 +296,12 @@ class Params:
         for layer in self.viz.layers:
             _require(layer <= self.model.n_layer, "viz.layers",
                      f"must be hidden-state indices 0..model.n_layer ({self.model.n_layer})", layer)
+
+    @property
+    def data_seed(self) -> int:
+        """The seed the data splits are drawn with: `data.seed` when set, else the run's `seed` (so one seed
+        gives the same splits in every configuration: a study's configurations share data per seed)."""
+        return self.seed if self.data.seed is None else self.data.seed
 
     def flat(self) -> dict[str, object]:
         """Every value under its dotted params.yaml name, e.g. ``{"loss.entropy_weight": 0.2}``."""

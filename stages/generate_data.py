@@ -1,4 +1,4 @@
-"""generate-data stage: draw the train, val, test and OOD arithmetic problems (seed, data, train.threads)."""
+"""generate-data stage: draw the train, val, test and OOD problems (data.seed, else seed; data; train.threads)."""
 
 import sys
 from pathlib import Path
@@ -17,7 +17,7 @@ def main() -> None:
     files = [split_path(params.paths.data, name) for name in SPLITS]
     check_outputs(files=[("paths.data", path) for path in files], dirs=[("paths.data", Path(params.paths.data))])
     try:
-        splits = generate_splits(params.data, params.seed)
+        splits = generate_splits(params.data, params.data_seed)
     except DataSpaceError as error:
         raise UserError(f"data: {error}") from None
     with output_set(files) as staged:  # the four splits replace the previous four together

@@ -14,7 +14,8 @@ import yaml
 from language_entropy import tokenizer
 from language_entropy.batches import encode_batch
 from language_entropy.data import DataSpaceError, generate_splits
-from language_entropy.params import DataConfig, DigitRange
+from language_entropy.errors import ParamsError
+from language_entropy.params import DataConfig, DigitRange, Params
 from language_entropy.problems import draw_problems, reorder_answer, space_size
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,11 +124,11 @@ def test_encode_batch_masks_answer_tokens_only():
     assert not batch["answer_mask"][:, :4].any()  # the prompt is never a target
 
 
-def run_stage(tmp_path: Path, seed: int) -> dict[str, str]:
+def run_stage(tmp_path: Path, seed: int, run_seed: int = 0, data_seed: int | None = None) -> dict[str, str]:
     out = tmp_path / f"data{seed}"
-    params = {"seed": 0, "paths": {"data": str(out)},
+    params = {"seed": run_seed, "paths": {"data": str(out)},
               "data": {"operations": list(ALL_OPS), "digits": {"min": 1, "max": 3}, "ood_digits": {"min": 4, "max": 4},
-                       "train_size": 3000, "val_size": 100, "test_size": 100, "ood_size": 100}}
+                       "train_size": 3000, "val_size": 100, "test_size": 100, "ood_size": 100, "seed": data_seed}}
     path = tmp_path / f"params{seed}.yaml"
     path.write_text(yaml.safe_dump(params))
     # run outside the repository: in it, an output path outside it is refused (DVC could not track it)
@@ -142,6 +143,16 @@ def test_stage_output_is_byte_identical_across_runs(tmp_path):
     assert first == second
     frame = pd.read_parquet(tmp_path / "data1" / "train.parquet")
     assert list(frame.columns) == ["a", "op", "b", "answer", "a_digits", "b_digits", "text"]
+    # data.seed holds the splits fixed while the run's seed changes: seed 7 with data.seed 0 draws seed 0's bytes
+    assert run_stage(tmp_path, 3, run_seed=7, data_seed=0) == first
+    assert run_stage(tmp_path, 4, run_seed=7) != first  # and null follows the run's seed
+
+
+def test_data_seed_follows_the_run_seed_unless_set():
+    assert Params(seed=5).data_seed == 5  # the default: today's data bytes
+    assert Params(seed=5, data=DataConfig(seed=0)).data_seed == 0
+    with pytest.raises(ParamsError, match=r"seed must be in \[0, 2\*\*32\) or null"):
+        DataConfig(seed=-1)
 
 
 def test_every_split_sees_the_small_buckets_in_proportion():
