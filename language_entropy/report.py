@@ -24,16 +24,24 @@ every seed; a derived run measured the same model under other eval params. A der
 training run is not among the runs stands in for it. The ``runs`` column counts every MLflow run
 folded into a configuration.
 
-Statistics, per configuration and metric, over the seed units that logged the metric: n, mean,
-sample standard deviation (ddof=1) and the 95% Student t interval mean ± t(0.975, n-1) sd/sqrt(n)
-(none for a single seed). The baseline of a configuration is the configuration with the same
-data, model and train params and every loss param at its default (`Params().flat()`); the
-difference from it has Welch's 95% interval (Welch-Satterthwaite df, rounded down). t quantiles
-come from a table (`T_975`), exact to 1e-15 for df 1..30 and interpolated in 1/df above (error
-< 1e-4). A metric no run logged is NaN with n = 0.
+Statistics (`language_entropy.statistics`), per configuration and metric, over the seed units that
+logged the metric: n, mean, sample sd and a 95% interval over seeds: Student t, and for a metric with
+a range (`METRIC_RANGES`: rates, AUROC, ECE in [0, 1]; entropies, norms >= 0) the t interval on the
+logit (log) scale of the mean, which never leaves the range (none for a single seed). The baseline of
+a configuration is the configuration with the same data, model and train params and every loss param
+at its default (`Params().flat()`). The difference from it is *paired* when the two share 2+ seeds
+(seed k draws the same data in both, `data.seed` fixed or following `seed`): the t interval of the
+per-seed differences over the shared seeds; else Welch's interval (Welch-Satterthwaite df, rounded
+down). Each has a two-sided p-value, and every p-value of the report is one family: Benjamini-Hochberg
+(false discovery rate) and Holm (family-wise) adjusted p-values sit beside it. Numeric swept params
+with 3+ values get a least-squares slope per metric (`dose_responses`, its own BH/Holm family); the
+power section pools the between-seed sd over configurations and gives the seeds needed to resolve a
+difference (`power_table`). A metric no run logged is NaN with n = 0.
 
-`write_report` writes ``summary.csv``, ``summary.md`` and one figure per swept param
-(``<param>.png``: each metric against that param, 95% intervals as error bars, baseline marked).
+`write_report` writes ``summary.csv`` (every configuration's params and numbers), ``seeds.csv`` (every
+seed unit's metrics), ``summary.md`` and one figure per swept param (``<param>.png``: each metric
+against that param, 95% intervals as error bars, baseline marked). `rebuild_report` rewrites them from
+``summary.csv`` (and ``seeds.csv``) alone.
 """
 
 from __future__ import annotations
@@ -48,8 +56,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from language_entropy.errors import UserError
 from language_entropy.params import OPERATIONS, Params
 from language_entropy.plots import new_figure, save_figure
+from language_entropy.statistics import (
+    NO_DIFFERENCE,
+    adjust_bh,
+    adjust_holm,
+    bounded_interval,
+    detectable_difference,
+    dose_response,
+    dose_response_from_stats,
+    interval_from_stats,
+    paired_interval,
+    pooled_sd_from_stats,
+    seed_interval,
+    seeds_needed,
+    welch_interval,
+)
 
 OP = "{op}"  # placeholder in METRICS: one metric per operation present in the runs
 METRICS = (
@@ -85,59 +109,17 @@ TRAINING_SECTIONS = ("data", "model", "loss", "train")
 # How a run was executed or logged, not what was trained: runs that differ only here are seeds of one configuration.
 EXECUTION_PARAMS = ("train.device", "train.nproc_per_node", "train.compile", "train.cuda_graphs", "train.threads",
                     "train.threads_resolved", "train.eval_every", "train.log_every", "train.checkpoint_every")
+# The values each reading can take (regex on the metric name, first match): intervals stay inside them.
+METRIC_RANGES = (
+    (r"exact_match$|auroc\.|sequence_ece\.|^learning\.area$", (0.0, 1.0)),
+    (r"mean_entropy_bits$|continuity_l2$|hidden_norm$|^learning\.steps_to_", (0.0, math.inf)),
+    (r"continuity_cosine$", (0.0, 2.0)),  # a cosine distance, 1 - cos
+    (r"rank_correlation$|neighbour_cosine$|other_cosine$", (-1.0, 1.0)),
+    (r"neighbour_cosine_gap$", (-2.0, 2.0)),
+)
+ALPHA = 0.05  # the level at which a difference counts as surviving a correction
+RESOLVE = 0.05  # the difference the power section sizes a study for, in each metric's units (--resolve)
 DERIVED_FROM = "derived_from"  # column of the runs table: the training run a derived run measured, else ""
-
-# Two-sided 95% Student t quantiles t(0.975, df), df = 1..30 (from the regularized incomplete beta
-# function at 30 digits); above 30, linear in 1/df through 40, 60, 120 and the normal quantile.
-T_975 = (12.706204736174705, 4.302652729749464, 3.182446305283710, 2.776445105197794, 2.570581835636316,
-         2.446911851144970, 2.364624251592785, 2.306004135204167, 2.262157162798206, 2.228138851986275,
-         2.200985160091640, 2.178812829667229, 2.160368656462793, 2.144786687917804, 2.131449545559776,
-         2.119905299221255, 2.109815577833317, 2.100922040241039, 2.093024054408310, 2.085963447265865,
-         2.079613844727680, 2.073873067904026, 2.068657610419049, 2.063898561628026, 2.059538552753298,
-         2.055529438642873, 2.051830516480286, 2.048407141795245, 2.045229642132704, 2.042272456301238)
-T_975_LARGE = ((40, 2.021075390306273), (60, 2.000297822014261), (120, 1.979930405082441))
-Z_975 = 1.959963984540054
-
-
-def t_quantile_975(df: float) -> float:
-    """t(0.975, df): the half-width multiplier of a two-sided 95% interval; df >= 1 (NaN below)."""
-    if not df >= 1:
-        return math.nan
-    if df <= len(T_975):
-        return T_975[int(df) - 1]  # whole df: fractional Welch df are rounded down by the caller
-    points = [(1 / len(T_975), T_975[-1])] + [(1 / d, t) for d, t in T_975_LARGE] + [(0.0, Z_975)]
-    x = 1 / df
-    for (x0, t0), (x1, t1) in zip(points, points[1:], strict=False):
-        if x1 <= x <= x0:
-            return t1 + (t0 - t1) * (x - x1) / (x0 - x1)
-    return Z_975
-
-
-def seed_interval(values: Sequence[float]) -> dict[str, float]:
-    """n, mean, sample sd and the 95% t interval of the finite `values` (interval NaN for n < 2)."""
-    x = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
-    n = len(x)
-    mean = float(x.mean()) if n else math.nan
-    sd = float(x.std(ddof=1)) if n > 1 else math.nan
-    half = t_quantile_975(n - 1) * sd / math.sqrt(n) if n > 1 else math.nan
-    return {"n": n, "mean": mean, "sd": sd, "ci_low": mean - half, "ci_high": mean + half}
-
-
-def welch_interval(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
-    """mean(a) - mean(b) with Welch's 95% interval, from two `seed_interval` results. The
-    Welch-Satterthwaite df is rounded down for the t table; no interval unless both have 2+ seeds.
-    Both standard errors 0 (identical values): the interval is the difference itself."""
-    diff = a["mean"] - b["mean"] if a["n"] and b["n"] else math.nan
-    if a["n"] < 2 or b["n"] < 2:
-        return {"diff": diff, "diff_low": math.nan, "diff_high": math.nan}
-    va, vb = a["sd"] ** 2 / a["n"], b["sd"] ** 2 / b["n"]
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return {"diff": diff, "diff_low": diff, "diff_high": diff}
-    df = (va + vb) ** 2 / (va**2 / (a["n"] - 1) + vb**2 / (b["n"] - 1))
-    half = t_quantile_975(max(1, math.floor(df + 1e-9))) * se  # 1e-9: a df of 2 computed as 1.9999999 stays 2
-    return {"diff": diff, "diff_low": diff - half, "diff_high": diff + half}
-
 
 # ----------------------------------------------------------------------------- configurations
 
@@ -241,38 +223,94 @@ def _sort_key(value: str) -> tuple[int, float, str]:
         return 1, 0.0, value
 
 
-def summarise(runs: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
-    """One row per configuration: ``config`` (digest), the swept params (floats where numeric),
-    ``seeds`` (seed units), ``seed_list``, ``runs`` (MLflow runs), ``baseline`` (this row is
-    all-default loss), ``baseline_config`` (its baseline's digest, "" when none is present), and per
-    metric ``<metric>.n``, ``.mean``, ``.sd``, ``.ci_low``, ``.ci_high`` (95% t over seeds),
-    ``.diff``, ``.diff_low``, ``.diff_high`` (from the baseline, Welch 95%). Rows sorted by the
-    swept params. ``summary.attrs``: ``swept``, ``constant`` (the other training params' values),
-    ``metrics``, ``reference`` (each swept param's baseline value, for the figures)."""
+def metric_range(metric: str) -> tuple[float, float]:
+    """The values a reading can take (`METRIC_RANGES`, first match); (-inf, inf) for one not listed."""
+    return next((span for pattern, span in METRIC_RANGES if re.search(pattern, metric)), (-math.inf, math.inf))
+
+
+def data_design(configs: dict[str, dict[str, str]]) -> str:
+    """Whether the runs' data was held fixed across seeds (`data.seed` set) or drawn per seed (null, the default)."""
+    values = {c.get("data.seed", "None") for c in configs.values()}
+    if values <= {"None", "<unset>"}:
+        return ("Data drawn per seed: `data.seed` follows `seed`, so seed k draws the same splits in every "
+                "configuration (configurations that share seeds share data).")
+    if len(values) == 1:
+        return f"Data held fixed: every run saw the splits of `data.seed` = {_value(_display(next(iter(values))))}."
+    return "Data seeds differ between configurations (`data.seed`: " + ", ".join(sorted(values)) + ")."
+
+
+def summarise(runs: pd.DataFrame, metrics: Sequence[str] = METRICS, resolve: float = RESOLVE) -> pd.DataFrame:
+    """The study summary from its runs: `seed_units`, then `analyse`."""
     metrics = metric_names(runs, metrics)
     units, configs = seed_units(runs, metrics)
+    return analyse(units, configs, metrics, resolve)
+
+
+def analyse(units: pd.DataFrame | None, configs: dict[str, dict[str, str]], metrics: Sequence[str],
+            resolve: float = RESOLVE, counts: pd.DataFrame | None = None,
+            stats: dict[str, dict[str, dict]] | None = None,
+            baselines: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per configuration: ``config`` (digest), every training param (floats where numeric; the swept
+    ones are those that differ),
+    ``seeds`` (seed units), ``seed_list``, ``runs`` (MLflow runs), ``baseline`` (this row is
+    all-default loss), ``baseline_config`` (its baseline's digest, "" when none is present),
+    ``comparison`` ("paired" when it shares 2+ seeds with its baseline, else "Welch"), and per metric
+    ``<metric>.n``, ``.mean``, ``.sd``, ``.ci_low``, ``.ci_high`` (95% over seeds, inside the metric's
+    range), ``.diff``, ``.diff_low``, ``.diff_high``, ``.p`` (from the baseline), ``.p_bh``, ``.p_holm``
+    (adjusted over every difference of the report). Rows sorted by the swept params.
+
+    units: one row per (configuration, seed) with ``config``, ``seed``, ``runs`` and the metrics; None
+    when only each configuration's (n, mean, sd) is known (`stats`, and `counts`: ``config``, ``seeds``,
+    ``seed_list``, ``runs``), as from a summary table: then every difference is Welch's and the trends
+    come from the same three numbers. ``summary.attrs``: ``swept``, ``constant`` (the other training
+    params' values), ``metrics``, ``reference`` (each swept param's baseline value), ``design`` (data held
+    fixed or not), ``trends`` (`dose_responses`), ``power`` (`power_table`), ``resolve``, ``per_seed``.
+    baselines: each configuration's baseline digest, when `configs` hold only the swept params (a rebuilt
+    report); by default computed from `configs`."""
     order = {name: i for i, name in enumerate(Params().flat())}  # params.yaml order: model, loss, train, data
     names = sorted(next(iter(configs.values())), key=lambda n: (order.get(n, len(order)), n))
     swept = [n for n in names if len({c[n] for c in configs.values()}) > 1]
     reference = _reference_values(configs, swept)
-    stats = {}
-    for config, group in units.groupby("config", sort=False):
-        stats[config] = {m: seed_interval(group[m].to_numpy()) for m in metrics}
+    ranges = {m: metric_range(m) for m in metrics}
+    if units is not None:
+        by_config = dict(tuple(units.groupby("config", sort=False)))
+        counts = pd.DataFrame([{"config": c, "seeds": len(g), "runs": int(g["runs"].sum()),
+                                "seed_list": ",".join(_value(_display(s)) for s in sorted(g["seed"], key=_sort_key))}
+                               for c, g in by_config.items()])
+        stats = {c: {m: _interval(g[m].to_numpy(dtype=float), ranges[m]) for m in metrics}
+                 for c, g in by_config.items()}
+    else:
+        stats = {c: {m: interval_from_stats(*(v[m][k] for k in ("n", "mean", "sd")), *ranges[m]) for m in metrics}
+                 for c, v in stats.items()}
     rows = []
-    for config, group in units.groupby("config", sort=False):
-        values = configs[config]
-        base = config_key(_baseline_values(values))
-        seed_list = ",".join(_value(_display(s)) for s in sorted(group["seed"], key=_sort_key))
-        row = {"config": config, **{p: _display(values[p]) for p in swept}, "seeds": len(group),
-               "seed_list": seed_list, "runs": int(group["runs"].sum()),
-               "baseline": base == config, "baseline_config": base if base in stats else ""}
+    for count in counts.itertuples(index=False):
+        config, values = count.config, configs[count.config]
+        base = baselines[config] if baselines is not None else config_key(_baseline_values(values))
+        shared = (set(by_config[config]["seed"]) & set(by_config[base]["seed"])
+                  if units is not None and base in by_config and base != config else set())
+        row = {"config": config, **{p: _display(values[p]) for p in names}, "seeds": int(count.seeds),
+               "seed_list": count.seed_list, "runs": int(count.runs), "baseline": base == config,
+               "baseline_config": base if base in stats else "",
+               "comparison": "" if base == config or base not in stats else "paired" if len(shared) >= 2 else "Welch"}
         for metric in metrics:
-            own = stats[config][metric]
-            diff = (welch_interval(own, stats[base][metric]) if base in stats and base != config
-                    else {"diff": math.nan, "diff_low": math.nan, "diff_high": math.nan})
-            row.update({f"{metric}.{k}": v for k, v in {**own, **diff}.items()})
+            if row["comparison"] == "paired":
+                seeds = sorted(shared, key=_sort_key)  # aligned: element k of both is the same seed (and data)
+                own, baseline = (by_config[c].set_index("seed").loc[seeds, metric].to_numpy(dtype=float)
+                                 for c in (config, base))
+                diff = paired_interval(own, baseline)
+            elif row["comparison"] == "Welch":
+                diff = welch_interval(stats[config][metric], stats[base][metric])
+            else:
+                diff = dict(NO_DIFFERENCE)
+            row.update({f"{metric}.{k}": v for k, v in stats[config][metric].items()})
+            row.update({f"{metric}.{k}": diff[k] for k in NO_DIFFERENCE})
+            # paired only: the pairs and the sd of their differences (the power section's paired spread)
+            row[f"{metric}.pairs"], row[f"{metric}.diff_sd"] = diff.get("n", math.nan), diff.get("sd", math.nan)
+            _clip_difference(row, metric, ranges[metric])
         rows.append(row)
     summary = pd.DataFrame(rows)
+    _adjust(summary, [f"{m}.p" for m in metrics])
+
     def row_order(i: int) -> list[tuple]:  # by the swept params in turn: numbers ascending, a default text first
         values = configs[rows[i]["config"]]
         return [(_sort_key(values[p])[0], values[p] != reference[p] and _sort_key(values[p])[0] == 1,
@@ -280,10 +318,96 @@ def summarise(runs: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.DataFr
 
     summary = summary.iloc[sorted(range(len(rows)), key=row_order)].reset_index(drop=True)
     first = next(iter(configs.values()))
-    summary.attrs = {"swept": swept, "metrics": metrics,
+    summary.attrs = {"swept": swept, "metrics": list(metrics), "reference": reference, "resolve": resolve,
                      "constant": {n: _display(first[n]) for n in names if n not in swept},
-                     "reference": reference}
+                     "design": data_design(configs), "per_seed": units is not None}
+    summary.attrs["trends"] = dose_responses(summary, units, configs)
+    summary.attrs["power"] = power_table(summary, units, resolve)
     return summary
+
+
+def _interval(values: np.ndarray, span: tuple[float, float]) -> dict[str, float]:
+    """The 95% interval over seeds, inside `span` where the reading has one."""
+    low, high = span
+    return bounded_interval(values, low, high) if math.isfinite(low) or math.isfinite(high) else seed_interval(values)
+
+
+def _clip_difference(row: dict, metric: str, span: tuple[float, float]) -> None:
+    """A difference of two readings in [low, high] lies in [-(high - low), high - low]: its interval too."""
+    width = span[1] - span[0]
+    if math.isfinite(width):
+        row[f"{metric}.diff_low"] = max(row[f"{metric}.diff_low"], -width)
+        row[f"{metric}.diff_high"] = min(row[f"{metric}.diff_high"], width)
+
+
+def _adjust(table: pd.DataFrame, columns: Sequence[str]) -> None:
+    """``<name>_bh`` and ``<name>_holm`` beside each p-value column: adjusted over all of them together."""
+    p = table[list(columns)].to_numpy(dtype=float)  # (rows, columns): one family
+    for adjusted, suffix in ((adjust_bh(p.ravel()), "_bh"), (adjust_holm(p.ravel()), "_holm")):
+        for j, column in enumerate(columns):
+            table[f"{column}{suffix}"] = adjusted.reshape(p.shape)[:, j]
+
+
+def _on_reference(summary: pd.DataFrame, others: Sequence[str]) -> pd.Series:
+    """Rows whose swept params `others` all sit at their baseline values."""
+    reference = summary.attrs["reference"]
+    if not others:
+        return pd.Series(True, index=summary.index)
+    return summary[list(others)].apply(lambda r: all(_normalise(r[p]) == reference[p] for p in others), axis=1)
+
+
+def dose_responses(summary: pd.DataFrame, units: pd.DataFrame | None,
+                   configs: dict[str, dict[str, str]]) -> pd.DataFrame:
+    """Per numeric swept param with 3+ values (the other swept params at their baseline values) and metric: the
+    least-squares slope of the metric on the param over seed units, with its 95% interval and p-value; BH and
+    Holm adjusted over all the slopes (their own family, apart from the differences)."""
+    swept, metrics = summary.attrs["swept"], summary.attrs["metrics"]
+    rows = []
+    for param in swept:
+        series = summary[_on_reference(summary, [p for p in swept if p != param])]
+        if not all(isinstance(v, float) for v in series[param]) or series[param].nunique() < 3:
+            continue
+        for metric in metrics:
+            if units is not None:
+                points = units[units["config"].isin(series["config"])]
+                x = [float(configs[c][param]) for c in points["config"]]
+                trend = dose_response(x, points[metric].to_numpy(dtype=float))
+            else:
+                trend = dose_response_from_stats(series[param], series[f"{metric}.n"], series[f"{metric}.mean"],
+                                                 series[f"{metric}.sd"])
+            if np.isfinite(trend["slope"]):
+                rows.append({"param": param, "metric": metric, **trend})
+    trends = pd.DataFrame(rows, columns=["param", "metric", "n", "levels", "slope", "slope_low", "slope_high", "p"])
+    _adjust(trends, ["p"])
+    return trends
+
+
+def power_table(summary: pd.DataFrame, units: pd.DataFrame | None, resolve: float) -> pd.DataFrame:
+    """Per metric: the between-seed sd pooled over configurations (with its 95% interval and df), the seeds per
+    configuration needed to resolve a difference of `resolve` with 80% power at 5% (unpaired, normal
+    approximation), the smallest difference the study's own seeds resolve so, and the same for paired
+    comparisons from the sd of per-seed differences where the study has them. A configuration whose seeds all
+    sit at an end of the metric's range (e.g. exact match 0) has no spread to learn from and is left out."""
+    rows = []
+    seeds = int(summary["seeds"].median()) if len(summary) else 0
+    for metric in summary.attrs["metrics"]:
+        low, high = metric_range(metric)
+        at_end = summary[f"{metric}.mean"].isin([low, high]) & (summary[f"{metric}.sd"] == 0)
+        spread = pooled_sd_from_stats(summary.loc[~at_end, f"{metric}.n"], summary.loc[~at_end, f"{metric}.sd"])
+        paired = summary["comparison"] == "paired"
+        differences = pooled_sd_from_stats(summary.loc[paired, f"{metric}.pairs"],
+                                           summary.loc[paired, f"{metric}.diff_sd"])
+        row = {"metric": metric, "sd": spread["sd"], "sd_low": spread["ci_low"], "sd_high": spread["ci_high"],
+               "df": spread["df"], "seeds_needed": math.nan, "detectable": math.nan, "paired_sd": differences["sd"],
+               "paired_seeds_needed": math.nan, "paired_detectable": math.nan}
+        if np.isfinite(spread["sd"]):
+            row.update(seeds_needed=seeds_needed(spread["sd"], resolve), detectable=detectable_difference(spread["sd"],
+                                                                                                          seeds))
+        if np.isfinite(differences["sd"]):
+            row.update(paired_seeds_needed=seeds_needed(differences["sd"], resolve, paired=True),
+                       paired_detectable=detectable_difference(differences["sd"], seeds, paired=True))
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _reference_values(configs: dict[str, dict[str, str]], swept: Sequence[str]) -> dict[str, str]:
@@ -335,13 +459,57 @@ def _diff_cell(row: pd.Series, metric: str) -> str:
     return f"{diff:+.4g} [{row[f'{metric}.diff_low']:+.4g}, {row[f'{metric}.diff_high']:+.4g}]"
 
 
+def _survives(bh: float, holm: float) -> str:
+    """Which corrections a difference survives at 5%: "BH, Holm", "BH", "no" ("" when untested)."""
+    if not np.isfinite(bh):
+        return ""
+    return "BH, Holm" if holm < ALPHA else "BH" if bh < ALPHA else "no"
+
+
+def _p(value: float) -> str:
+    return "–" if not np.isfinite(value) else f"{value:.2g}" if value >= 1e-4 else "<1e-4"
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     return lines + ["| " + " | ".join(cells) + " |" for cells in rows]
 
 
+def _labels(summary: pd.DataFrame, row: pd.Series) -> list[str]:
+    return [_value(row[p]) for p in summary.attrs["swept"]] if summary.attrs["swept"] else [row["config"]]
+
+
+def _method(summary: pd.DataFrame) -> list[str]:
+    """What the numbers are: intervals, the comparison used, the correction and its tally."""
+    comparisons = summary["comparison"].value_counts()
+    p = summary[[f"{m}.p" for m in summary.attrs["metrics"]]].to_numpy(dtype=float).ravel()
+    bh = summary[[f"{m}.p_bh" for m in summary.attrs["metrics"]]].to_numpy(dtype=float).ravel()
+    holm = summary[[f"{m}.p_holm" for m in summary.attrs["metrics"]]].to_numpy(dtype=float).ravel()
+    tested = int(np.isfinite(p).sum())
+    used = []
+    if comparisons.get("paired", 0):
+        used.append(f"paired over the seeds a configuration shares with its baseline ({comparisons['paired']} "
+                    "configurations: the 95% t interval of the per-seed differences)")
+    if comparisons.get("Welch", 0):
+        used.append(f"Welch's unpaired 95% interval ({comparisons['Welch']} configurations"
+                    + (": the per-seed values are not at hand" if summary.attrs.get("per_seed") is False else
+                       ": no shared seeds") + ")")
+    return [summary.attrs["design"], "",
+            "Mean and sample sd over seeds. 95% interval over seeds: Student t, and for a reading with a range "
+            "(rates, AUROC, ECE in [0, 1]; entropies and norms >= 0) the t interval on the logit (log) scale of the "
+            "mean, so it never leaves the range. Δ: difference from the baseline (same params, every loss param at "
+            f"its default), {'; '.join(used) or 'none'}. "
+            "p: two-sided, from the same t statistic; q: Benjamini-Hochberg adjusted over every difference in this "
+            "report (false discovery rate), Holm beside it (family-wise error rate). *Survives*: BH = q < 0.05, "
+            "Holm = Holm-adjusted p < 0.05.", "",
+            f"**{tested} differences: {int((p < ALPHA).sum())} with p < 0.05 uncorrected "
+            f"(about {ALPHA * tested:.0f} expected by chance if nothing differed), {int((bh < ALPHA).sum())} survive "
+            f"BH at 5%, {int((holm < ALPHA).sum())} survive Holm.**", ""]
+
+
 def markdown_report(summary: pd.DataFrame, title: str, selection: str) -> str:
-    """The summary as markdown: what a row is, the configurations, then one table per metric."""
+    """The summary as markdown: method and tally, the surviving differences, the configurations, one table per
+    metric, the dose-response slopes and the power section."""
     swept, metrics = summary.attrs["swept"], summary.attrs["metrics"]
     logged = [m for m in metrics if (summary[f"{m}.n"] > 0).any()]
     lines = [f"# Ablation report: {title}", "",
@@ -350,29 +518,79 @@ def markdown_report(summary: pd.DataFrame, title: str, selection: str) -> str:
              "A configuration is every `data`, `model`, `loss` and `train` param except `seed` and those saying how "
              f"a run was executed ({', '.join(f'`{p}`' for p in EXECUTION_PARAMS)}); a run derived from "
              "a training run (tag `train_run_id`: only eval or viz params changed) joins its training run and never "
-             "counts as a seed (the training run's metrics are used; a metric it lacks comes from the derived run). "
-             "Mean and sample sd over seeds; 95% Student t interval over seeds. Δ: difference from the baseline "
-             "(same params, every loss param at its default) with Welch's 95% interval.", ""]
-    lines += ["## Configurations", ""]
-    header = ["config", *swept, "seeds", "runs", "baseline"]
+             "counts as a seed (the training run's metrics are used; a metric it lacks comes from the derived run).",
+             "", *_method(summary)]
+    lines += ["## Differences that survive correction", ""]
+    survivors = [[*_labels(summary, row), f"`{m}`", _diff_cell(row, m), row["comparison"], _p(row[f"{m}.p"]),
+                  _p(row[f"{m}.p_bh"]), _p(row[f"{m}.p_holm"])]
+                 for m in logged for _, row in summary.iterrows() if row[f"{m}.p_bh"] < ALPHA]
+    lines += (_table([*(swept or ["config"]), "metric", "Δ vs baseline [95%]", "test", "p", "q (BH)", "Holm"],
+                     survivors) if survivors else ["None at a false discovery rate of 5%."])
+    lines += ["", "## Configurations", ""]
+    header = ["config", *swept, "seeds", "runs", "baseline", "Δ by"]
     lines += _table(header, [[row["config"], *(_value(row[p]) for p in swept), f"{row['seeds']} ({row['seed_list']})",
-                              str(row["runs"]), "yes" if row["baseline"] else ""] for _, row in summary.iterrows()])
+                              str(row["runs"]), "yes" if row["baseline"] else "", row["comparison"]]
+                             for _, row in summary.iterrows()])
     constant = summary.attrs["constant"]
-    lines += ["", "Held constant: " + ", ".join(f"`{k}` = {_value(v)}" for k, v in constant.items()) + ".", ""]
+    lines += ["", ("Held constant: " + ", ".join(f"`{k}` = {_value(v)}" for k, v in constant.items()) + "."
+                   if constant else "Held constant: not recorded in the summary table this report was rebuilt from."),
+              ""]
     for metric in logged:
-        lines += [f"## {metric}", ""]
+        low, high = metric_range(metric)
+        span = f" (range [{_value(low)}, {_value(high)}])" if math.isfinite(low) or math.isfinite(high) else ""
+        lines += [f"## {metric}{span}", ""]
         rows = []
         for _, row in summary.iterrows():
             mean, interval = _mean_cell(row, metric)
-            names = [_value(row[p]) for p in swept] if swept else [row["config"]]
-            rows.append([*names, str(int(row[f"{metric}.n"])), mean, _number(row[f"{metric}.sd"]), interval,
-                         _diff_cell(row, metric)])
-        lines += _table([*(swept or ["config"]), "n", "mean", "sd", "95% interval", "Δ vs baseline [95%]"], rows)
+            rows.append([*_labels(summary, row), str(int(row[f"{metric}.n"])), mean, _number(row[f"{metric}.sd"]),
+                         interval, _diff_cell(row, metric), _p(row[f"{metric}.p"]), _p(row[f"{metric}.p_bh"]),
+                         _survives(row[f"{metric}.p_bh"], row[f"{metric}.p_holm"])])
+        lines += _table([*(swept or ["config"]), "n", "mean", "sd", "95% interval", "Δ vs baseline [95%]", "p",
+                         "q (BH)", "survives"], rows)
         lines.append("")
     missing = [m for m in metrics if m not in logged]
     if missing:
         lines += ["Not logged by any run: " + ", ".join(f"`{m}`" for m in missing) + ".", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + _trend_section(summary) + _power_section(summary))
+
+
+def _trend_section(summary: pd.DataFrame) -> list[str]:
+    trends = summary.attrs["trends"]
+    if trends.empty:
+        return []
+    lines = ["## Dose-response", "",
+             "Least-squares slope of each metric on a numeric swept param with 3 or more values (the other swept "
+             "params at their baseline values), over seed units, per unit of the param, with its 95% t interval. "
+             "A slope says whether the metric moves steadily with the param, which a row of pairwise differences "
+             "cannot; it is linear in the param's values. The slopes are a family of their own for BH and Holm.", ""]
+    rows = [[f"`{t.param}`", f"`{t.metric}`", str(t.levels), str(t.n),
+             f"{t.slope:+.4g} [{t.slope_low:+.4g}, {t.slope_high:+.4g}]", _p(t.p), _p(t.p_bh),
+             _survives(t.p_bh, t.p_holm)] for t in trends.itertuples()]
+    return lines + _table(["param", "metric", "values", "n", "slope [95%]", "p", "q (BH)", "survives"], rows) + [""]
+
+
+def _power_section(summary: pd.DataFrame) -> list[str]:
+    power, resolve = summary.attrs["power"], summary.attrs["resolve"]
+    seeds = int(summary["seeds"].median()) if len(summary) else 0
+    lines = ["## Power: how many seeds a difference needs", "",
+             "Between-seed sd: the sample sd within each configuration, pooled over configurations (a configuration "
+             "whose seeds all sit at an end of the range is left out), with its 95% chi-square interval. Seeds "
+             f"needed: per configuration, to detect a true difference of {_value(float(resolve))} (`--resolve`, in the "
+             "metric's own units) with 80% power at a two-sided 5% level, by the normal approximation: "
+             "2 (z₀.₉₇₅ + z₀.₈)² sd² / Δ² unpaired; (z₀.₉₇₅ + z₀.₈)² sd_d² / Δ² paired, sd_d the sd of per-seed "
+             f"differences. Smallest Δ: the difference {seeds} seeds per configuration (this study's) detect so. "
+             "Uncorrected for multiplicity: a difference that must survive BH over a large family needs more.", ""]
+    rows = [[f"`{r.metric}`", f"{_number(r.sd)} [{_number(r.sd_low)}, {_number(r.sd_high)}]", str(int(r.df)),
+             _count(r.seeds_needed), _number(r.detectable), _number(r.paired_sd), _count(r.paired_seeds_needed),
+             _number(r.paired_detectable)] for r in power.itertuples()]
+    delta = _value(float(resolve))
+    return lines + _table(["metric", "between-seed sd [95%]", "df", f"seeds for Δ = {delta}",
+                           f"smallest Δ, {seeds} seeds", "paired sd_d", f"paired seeds for Δ = {delta}",
+                           f"paired smallest Δ, {seeds} seeds"], rows) + [""]
+
+
+def _count(value: float) -> str:
+    return f"{int(value)}" if np.isfinite(value) else "–"
 
 
 # ----------------------------------------------------------------------------- figures
@@ -380,9 +598,9 @@ def markdown_report(summary: pd.DataFrame, title: str, selection: str) -> str:
 
 def plot_param(summary: pd.DataFrame, param: str, path: str | Path, dpi: int = 110) -> Path:
     """Each logged metric against the swept `param`: means with 95% intervals over seeds as error
-    bars. One series holds every other swept param at its baseline value; a series of other fixed
-    values is drawn when it has 2+ points. The baseline configuration is a star and a dotted line.
-    A numeric param is a numeric axis; any other is categorical."""
+    bars (inside the metric's range: asymmetric near an end). One series holds every other swept
+    param at its baseline value; a series of other fixed values is drawn when it has 2+ points. The
+    baseline configuration is a star and a dotted line. A numeric param is a numeric axis; any other is categorical."""
     swept, reference = summary.attrs["swept"], summary.attrs["reference"]
     metrics = [m for m in summary.attrs["metrics"] if (summary[f"{m}.n"] > 0).any()]
     others = [p for p in swept if p != param]
@@ -407,8 +625,9 @@ def plot_param(summary: pd.DataFrame, param: str, path: str | Path, dpi: int = 1
             group = group.assign(_x=[position(v) for v in group[param]]).sort_values("_x")
             x = group["_x"].to_numpy() + (0.0 if numeric else (index - (len(series) - 1) / 2) * width)
             mean = group[f"{metric}.mean"].to_numpy(dtype=float)
-            half = np.nan_to_num((group[f"{metric}.ci_high"] - group[f"{metric}.mean"]).to_numpy(dtype=float))
-            ax.errorbar(x, mean, yerr=half, marker="o", capsize=3, linestyle="-" if numeric else "none",
+            below = np.nan_to_num(mean - group[f"{metric}.ci_low"].to_numpy(dtype=float))  # asymmetric near an end
+            above = np.nan_to_num(group[f"{metric}.ci_high"].to_numpy(dtype=float) - mean)
+            ax.errorbar(x, mean, yerr=[below, above], marker="o", capsize=3, linestyle="-" if numeric else "none",
                         label=label)
             base = group["baseline"].to_numpy() & at_reference[group.index].to_numpy()
             if base.any() and np.isfinite(mean[base]).any():
@@ -426,20 +645,65 @@ def plot_param(summary: pd.DataFrame, param: str, path: str | Path, dpi: int = 1
         ax.set_visible(False)
     if metrics:
         axes.flat[0].legend(fontsize="small")
-    fig.suptitle(f"{param}: mean over seeds, error bars = 95% t interval (none for 1 seed)")
+    fig.suptitle(f"{param}: mean over seeds, error bars = 95% interval over seeds, inside the metric's range "
+                 "(none for 1 seed)")
     return save_figure(fig, path, dpi)
 
 
+SUMMARY_FILE, SEEDS_FILE, MARKDOWN_FILE = "summary.csv", "seeds.csv", "summary.md"
+
+
 def write_report(runs: pd.DataFrame, out_dir: str | Path, dpi: int = 110, title: str = "ablation",
-                 metrics: Sequence[str] = METRICS) -> dict[str, Path]:
-    """Write ``summary.csv``, ``summary.md`` and ``<swept param>.png`` per swept param into
-    `out_dir`; returns their paths by name (``csv``, ``markdown``, then each param). The markdown
-    says which runs these are from ``runs.attrs["selection"]`` (set by `load_runs`)."""
-    selection = runs.attrs.get("selection", "Finished runs")
+                 metrics: Sequence[str] = METRICS, resolve: float = RESOLVE) -> dict[str, Path]:
+    """Write ``summary.csv``, ``seeds.csv`` (every seed unit's metrics: what `rebuild_report` needs for the
+    paired analysis), ``summary.md`` and ``<swept param>.png`` per swept param into `out_dir`; returns their
+    paths by name (``csv``, ``seeds``, ``markdown``, then each param). The markdown says which runs these are
+    from ``runs.attrs["selection"]`` (set by `load_runs`)."""
+    metrics = metric_names(runs, metrics)
+    units, configs = seed_units(runs, metrics)
+    summary = analyse(units, configs, metrics, resolve)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarise(runs, metrics)
-    paths = {"csv": out_dir / "summary.csv", "markdown": out_dir / "summary.md"}
+    seeds = out_dir / SEEDS_FILE
+    units.to_csv(seeds, index=False)
+    return {**_write(summary, out_dir, title, runs.attrs.get("selection", "Finished runs"), dpi), "seeds": seeds}
+
+
+def rebuild_report(out_dir: str | Path, dpi: int = 110, title: str = "ablation",
+                   resolve: float = RESOLVE) -> dict[str, Path]:
+    """Rewrite a report from its own files, without the MLflow store: the configurations (their params as far
+    as the table holds them, seeds, runs, baselines) from ``summary.csv``; the per-seed values from
+    ``seeds.csv`` when it is there (the full analysis, paired where seeds are shared), else each
+    configuration's n, mean and sd from ``summary.csv`` (every difference then Welch's: the per-seed values a
+    paired analysis needs are not in that table)."""
+    out_dir = Path(out_dir)
+    path = out_dir / SUMMARY_FILE
+    if not path.is_file():
+        raise UserError(f"no {SUMMARY_FILE} in {out_dir} to rebuild the report from")
+    table = pd.read_csv(path, dtype={"config": str, "baseline_config": str, "seed_list": str},
+                        keep_default_na=False, na_values=[""])
+    params = list(table.columns[1:list(table.columns).index("seeds")])  # older tables: the swept params only
+    metrics = [c.removesuffix(".n") for c in table.columns if c.endswith(".n")]
+    configs = {row["config"]: {p: _normalise(row[p]) for p in params} for _, row in table.iterrows()}
+    baselines = {row["config"]: row["baseline_config"] if isinstance(row["baseline_config"], str) else ""
+                 for _, row in table.iterrows()}
+    counts = table[["config", "seeds", "seed_list", "runs"]]
+    seeds_path = out_dir / SEEDS_FILE
+    if seeds_path.is_file():
+        units = pd.read_csv(seeds_path, dtype={"config": str, "seed": str, "run_id": str})
+        summary = analyse(units, configs, metrics, resolve, baselines=baselines)
+        selection = f"Rebuilt from `{SUMMARY_FILE}` and `{SEEDS_FILE}` (per-seed values)"
+    else:
+        stats = {row["config"]: {m: {k: row[f"{m}.{k}"] for k in ("n", "mean", "sd")} for m in metrics}
+                 for _, row in table.iterrows()}
+        summary = analyse(None, configs, metrics, resolve, counts=counts, stats=stats, baselines=baselines)
+        selection = (f"Rebuilt from `{SUMMARY_FILE}` alone (each configuration's n, mean and sd; the per-seed values "
+                     "and the MLflow runs are not at hand)")
+    return _write(summary, out_dir, title, selection, dpi)
+
+
+def _write(summary: pd.DataFrame, out_dir: Path, title: str, selection: str, dpi: int) -> dict[str, Path]:
+    paths = {"csv": out_dir / SUMMARY_FILE, "markdown": out_dir / MARKDOWN_FILE}
     summary.to_csv(paths["csv"], index=False)
     paths["markdown"].write_text(markdown_report(summary, title, selection))
     for param in summary.attrs["swept"]:

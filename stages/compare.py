@@ -6,7 +6,10 @@ repository root). A study is the runs tagged `study` = --study (default: the exp
 when any run carries a `study` tag, else every finished run. Writes reports/<study>/summary.csv,
 summary.md and one figure per swept param: per training configuration (every data, model, loss
 and train param but the seed), each metric's mean, sd and 95% interval over seeds and its
-difference from the all-default-loss baseline. See language_entropy/report.py.
+difference from the all-default-loss baseline (paired over shared seeds, else Welch), corrected for
+multiplicity (Benjamini-Hochberg and Holm), trends for numeric params and the seeds a difference of
+--resolve needs. --rebuild rewrites reports/<study>/ from its own summary.csv (and seeds.csv) without the
+MLflow store. See language_entropy/report.py.
 """
 
 import sys
@@ -14,11 +17,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, also in a queued copy
 
+from language_entropy.errors import UserError
 from language_entropy.params import load_params
 from language_entropy.pipeline.cli import run_stage, stage_parser
 from language_entropy.pipeline.runs import load_runs
 from language_entropy.pipeline.tracking import project_root, tracking_uri
-from language_entropy.report import write_report
+from language_entropy.report import RESOLVE, rebuild_report, write_report
 
 
 def main() -> None:
@@ -28,12 +32,23 @@ def main() -> None:
     parser.add_argument("--study", default=None, help="study name: the runs' `study` tag and the report's folder "
                                                       "(default: the experiment name)")
     parser.add_argument("--out-dir", default="reports", help="the report goes to OUT_DIR/<study>/ (default: reports)")
+    parser.add_argument("--resolve", type=float, default=RESOLVE,
+                        help=f"the difference the power section sizes seeds for, in each metric's units "
+                             f"(default: {RESOLVE})")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="rewrite OUT_DIR/<study>/ from its summary.csv (and seeds.csv), without MLflow")
     args = parser.parse_args()
+    if not args.resolve > 0:
+        raise UserError(f"--resolve must be > 0 (got {args.resolve})")
     params = load_params(args.params)
     experiment = args.experiment or params.mlflow.experiment
     study = args.study or experiment
+    if args.rebuild:
+        paths = rebuild_report(Path(args.out_dir) / study, dpi=params.viz.dpi, title=study, resolve=args.resolve)
+        print(f"rebuilt {Path(args.out_dir) / study} -> " + ", ".join(str(p) for p in paths.values()))
+        return
     runs = load_runs(experiment, tracking_uri(project_root()), study=study)
-    paths = write_report(runs, Path(args.out_dir) / study, dpi=params.viz.dpi, title=study)
+    paths = write_report(runs, Path(args.out_dir) / study, dpi=params.viz.dpi, title=study, resolve=args.resolve)
     print(f"{len(runs)} runs of {experiment!r} (study {study!r}) -> " + ", ".join(str(p) for p in paths.values()))
 
 

@@ -18,13 +18,19 @@ from language_entropy.errors import UserError
 from language_entropy.pipeline.cli import run_stage
 from language_entropy.pipeline.runs import load_runs
 from language_entropy.report import (
-    T_975,
+    analyse,
     metric_names,
-    seed_interval,
+    rebuild_report,
     summarise,
-    t_quantile_975,
-    welch_interval,
     write_report,
+)
+from language_entropy.statistics import (
+    adjust_bh,
+    adjust_holm,
+    dose_response,
+    paired_interval,
+    pooled_sd,
+    seeds_needed,
 )
 
 EXPERIMENT = "ablation-test"
@@ -110,46 +116,15 @@ def _name_of(row: pd.Series) -> str:
     raise AssertionError(f"no configuration matches {row.to_dict()}")
 
 
-def test_t_quantiles_match_closed_forms():
-    p = 0.975
-    assert t_quantile_975(1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-14)  # Cauchy
-    assert t_quantile_975(2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-14)
-    assert t_quantile_975(2) == pytest.approx(4.302652729911275, rel=1e-9)  # as scipy prints it (1e-10 off)
-    alpha = 4 * p * (1 - p)  # df = 4: t = 2 sqrt(cos(arccos(sqrt(alpha)) / 3) / sqrt(alpha) - 1)
-    assert t_quantile_975(4) == pytest.approx(2 * math.sqrt(math.cos(math.acos(math.sqrt(alpha)) / 3)
-                                                             / math.sqrt(alpha) - 1), rel=1e-14)
-    assert t_quantile_975(10) == pytest.approx(2.228138851986274, rel=1e-14)
-    assert t_quantile_975(30) == T_975[29]
-    assert t_quantile_975(50) == pytest.approx(2.008559112100761, abs=1e-4)  # interpolated in 1/df
-    assert t_quantile_975(1000) == pytest.approx(1.962339080826409, abs=1e-4)
-    assert t_quantile_975(1e9) == pytest.approx(1.959963984540054, abs=1e-8)
-    grid = [t_quantile_975(df) for df in range(1, 500)]
-    assert all(a > b for a, b in zip(grid, grid[1:], strict=False))
-    assert math.isnan(t_quantile_975(0))
+def expit(z: float) -> float:
+    return 1 / (1 + math.exp(-z))
 
 
-def test_interval_of_three_known_values_by_hand():
-    got = seed_interval([0.9, 0.8, 0.7])
-    # mean 0.8, sd sqrt(((0.1)^2 + 0 + (0.1)^2) / 2) = 0.1, half-width t(0.975, 2) * 0.1 / sqrt(3)
-    half = 4.302652729749464 * 0.1 / math.sqrt(3)
-    assert got["n"] == 3 and got["mean"] == pytest.approx(0.8) and got["sd"] == pytest.approx(0.1)
-    assert (got["ci_low"], got["ci_high"]) == pytest.approx((0.8 - half, 0.8 + half))
-    single = seed_interval([0.5, math.nan])
-    assert single["n"] == 1 and single["mean"] == 0.5 and math.isnan(single["sd"]) and math.isnan(single["ci_low"])
-
-
-def test_welch_difference_by_hand():
-    a, b = seed_interval([0.6, 0.4, 0.8]), seed_interval([0.9, 0.8, 0.7])  # sd 0.2 and 0.1
-    va, vb = 0.04 / 3, 0.01 / 3
-    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 2)  # 2.94: rounded down to 2
-    assert math.floor(df) == 2
-    half = 4.302652729749464 * math.sqrt(va + vb)
-    got = welch_interval(a, b)
-    assert (got["diff"], got["diff_low"], got["diff_high"]) == pytest.approx((-0.2, -0.2 - half, -0.2 + half))
-    same = welch_interval(seed_interval([0.5, 0.5]), seed_interval([0.25, 0.25]))  # no spread: the point itself
-    assert (same["diff"], same["diff_low"], same["diff_high"]) == pytest.approx((0.25, 0.25, 0.25))
-    one = welch_interval(seed_interval([0.5]), b)
-    assert one["diff"] == pytest.approx(-0.3) and math.isnan(one["diff_low"])
+def logit_interval(mean: float, sd: float, n: int, t: float) -> tuple[float, float]:
+    """The bounded interval of a rate written out: the t interval on the logit scale of the mean."""
+    spread = t * sd / math.sqrt(n) / (mean * (1 - mean))
+    centre = math.log(mean / (1 - mean))
+    return expit(centre - spread), expit(centre + spread)
 
 
 def test_load_runs_keeps_finished_runs(store):
@@ -194,19 +169,24 @@ def test_configurations_differing_in_one_loss_param_are_separate_rows(summary):
 
 
 def test_means_intervals_and_baseline_differences(summary):
-    half_a = 4.302652729749464 * 0.1 / math.sqrt(3)
     a = summary.loc["A"]
     assert (a[f"{EM}.mean"], a[f"{EM}.sd"]) == pytest.approx((0.8, 0.1))
-    assert (a[f"{EM}.ci_low"], a[f"{EM}.ci_high"]) == pytest.approx((0.8 - half_a, 0.8 + half_a))
-    assert a["baseline"] and math.isnan(a[f"{EM}.diff"])
-    half_b = 4.302652729749464 * math.sqrt(0.04 / 3 + 0.01 / 3)  # Welch df 2.94 -> 2
+    # exact match is a rate: its interval is the t interval on the logit scale of the mean, inside [0, 1]
+    low, high = logit_interval(0.8, 0.1, 3, 4.302652729749464)
+    assert (a[f"{EM}.ci_low"], a[f"{EM}.ci_high"]) == pytest.approx((low, high))
+    assert a["baseline"] and math.isnan(a[f"{EM}.diff"]) and a["comparison"] == ""
+    # B shares seeds 0, 1, 2 (and so data) with A: paired. Per-seed differences -0.3, -0.4, +0.1:
+    # mean -0.2, sd sqrt((0.01 + 0.04 + 0.09) / 2), interval t(0.975, 2) sd / sqrt(3) either side
     b = summary.loc["B"]
-    assert not b["baseline"] and b["baseline_config"] == a["config"]
+    assert not b["baseline"] and b["baseline_config"] == a["config"] and b["comparison"] == "paired"
+    half_b = 4.302652729749464 * math.sqrt(0.07) / math.sqrt(3)
     assert (b[f"{EM}.diff"], b[f"{EM}.diff_low"], b[f"{EM}.diff_high"]) == pytest.approx(
         (-0.2, -0.2 - half_b, -0.2 + half_b))
+    assert b[f"{EM}.pairs"] == 3 and b[f"{EM}.diff_sd"] == pytest.approx(math.sqrt(0.07))
     assert summary.loc["D", "baseline_config"] == a["config"]  # continuity_metric is a loss param too
     assert summary.loc["G", "baseline_config"] == summary.loc["F", "config"]  # the same model, default loss
     assert summary.loc["F", "baseline"] and summary.loc["G", f"{EM}.diff"] == pytest.approx(0.1 - 0.65)
+    assert summary.loc["G", "comparison"] == "Welch"  # one shared seed: no pairs to take an interval over
     e = summary.loc["E"]  # one seed: no interval, and no interval for its difference
     assert e[f"{EM}.n"] == 1 and math.isnan(e[f"{EM}.sd"]) and math.isnan(e[f"{EM}.ci_low"])
     assert e[f"{EM}.diff"] == pytest.approx(-0.3) and math.isnan(e[f"{EM}.diff_low"])
@@ -223,29 +203,90 @@ def test_report_files(store, tmp_path):
     paths = write_report(load_runs(EXPERIMENT, store), tmp_path / "reports", dpi=30, title="unit")
     swept = ["loss.continuity_metric", "loss.continuity_weight", "loss.entropy_temperature", "loss.entropy_weight",
              "model.pos_encoding"]
-    assert sorted(paths) == sorted(["csv", "markdown", *swept])
-    assert {p.name for p in (tmp_path / "reports").iterdir()} == {"summary.csv", "summary.md",
+    assert sorted(paths) == sorted(["csv", "seeds", "markdown", *swept])
+    assert {p.name for p in (tmp_path / "reports").iterdir()} == {"summary.csv", "seeds.csv", "summary.md",
                                                                    *(f"{p}.png" for p in swept)}
     table = pd.read_csv(paths["csv"])
     assert len(table) == len(CONFIGS) and table["seeds"].sum() == 14 and table["runs"].sum() == 16
+    assert len(pd.read_csv(paths["seeds"])) == 14  # one row per seed unit
     markdown = paths["markdown"].read_text()
     assert markdown.startswith("# Ablation report: unit")
     assert "7 configurations, 14 seed runs from 16 MLflow runs" in markdown
     assert "1 seed: no interval" in markdown
     assert "(no interval: a side has 1 seed)" in markdown
-    assert f"## {EM}" in markdown and "## test.hidden_norm" not in markdown
+    assert f"## {EM} (range [0, 1])" in markdown and "## test.hidden_norm" not in markdown
     assert "`test.hidden_norm`" in markdown.split("Not logged by any run:")[1]
-    half_a = 4.302652729749464 * 0.1 / math.sqrt(3)
-    assert f"| 0.8 | 0.1 | [{0.8 - half_a:.4g}, {0.8 + half_a:.4g}] | baseline |" in markdown
+    low, high = logit_interval(0.8, 0.1, 3, 4.302652729749464)
+    assert f"| 0.8 | 0.1 | [{low:.4g}, {high:.4g}] | baseline | – | – |  |" in markdown
+    assert "## Power: how many seeds a difference needs" in markdown
     for param in swept:  # 5 logged metrics: 4 columns x 2 rows of 4.0 x 3.4 inches
         image = matplotlib.image.imread(paths[param])
         assert image.shape[:2] == (round(2 * 3.4 * 30), 4 * 4 * 30), param
 
 
+def test_every_difference_is_one_family_for_bh_and_holm(summary):
+    metrics = summary.attrs["metrics"]
+    p = summary[[f"{m}.p" for m in metrics]].to_numpy(dtype=float).ravel()
+    assert np.isfinite(p).sum() >= 6  # paired and Welch differences with an interval
+    for column, adjust in (("p_bh", adjust_bh), ("p_holm", adjust_holm)):
+        got = summary[[f"{m}.{column}" for m in metrics]].to_numpy(dtype=float).ravel()
+        assert np.array_equal(np.isnan(got), np.isnan(p)) and got[np.isfinite(p)] == pytest.approx(
+            adjust(p)[np.isfinite(p)], abs=1e-15)
+
+
+def test_the_report_rebuilds_from_its_own_tables(store, tmp_path):
+    folder = tmp_path / "unit"
+    write_report(load_runs(EXPERIMENT, store), folder, dpi=30, title="unit")
+    written = pd.read_csv(folder / "summary.csv")
+    rebuild_report(folder, dpi=30, title="unit")  # with seeds.csv: the same analysis, paired included
+    assert pd.read_csv(folder / "summary.csv").equals(written)
+    assert "Rebuilt from `summary.csv` and `seeds.csv`" in (folder / "summary.md").read_text()
+    (folder / "seeds.csv").unlink()  # a table of means and sds only: every difference Welch's
+    rebuild_report(folder, dpi=30, title="unit")
+    welch = pd.read_csv(folder / "summary.csv").set_index("config")
+    kept = written.set_index("config")
+    assert set(welch["comparison"].dropna()) == {"Welch"}
+    for column in (f"{EM}.mean", f"{EM}.sd", f"{EM}.ci_low", f"{EM}.ci_high", "seeds", "runs"):
+        assert welch[column].equals(kept[column]), column
+    b = welch[(welch["loss.entropy_weight"] == 0.2) & (welch["loss.entropy_temperature"] == 1.0)
+              & (welch["model.pos_encoding"] == "abacus")].iloc[0]
+    half = 4.302652729749464 * math.sqrt(0.04 / 3 + 0.01 / 3)  # today's Welch interval of B - A (df 2.94 -> 2)
+    assert (b[f"{EM}.diff"], b[f"{EM}.diff_low"], b[f"{EM}.diff_high"]) == pytest.approx(
+        (-0.2, -0.2 - half, -0.2 + half))
+    assert "the per-seed values are not at hand" in (folder / "summary.md").read_text()
+    with pytest.raises(UserError, match="no summary.csv in"):
+        rebuild_report(tmp_path / "nothing")
+
+
+def test_trends_power_and_data_design_on_hand_made_seed_units():
+    # three entropy weights x three seeds; the metric rises 0.5 per unit weight plus seed noise
+    weights, noise = [0.0, 0.1, 0.2], {"0": 0.01, "1": -0.02, "2": 0.01}
+    configs = {f"c{w}": {"loss.entropy_weight": repr(w), "data.seed": "0"} for w in weights}
+    units = pd.DataFrame([{"config": f"c{w}", "seed": seed, "runs": 1, "run_id": f"{w}{seed}",
+                           EM: 0.5 + 0.5 * w + e + (0.01 * w if seed == "2" else 0.0)}
+                          for w in weights for seed, e in noise.items()])
+    summary = analyse(units, configs, [EM], resolve=0.05, baselines={c: "c0.0" for c in configs})
+    assert summary.attrs["design"] == "Data held fixed: every run saw the splits of `data.seed` = 0."
+    trend = summary.attrs["trends"].iloc[0]
+    reference = dose_response([float(configs[c]["loss.entropy_weight"]) for c in units["config"]], units[EM])
+    assert trend["param"] == "loss.entropy_weight" and trend["slope"] == pytest.approx(reference["slope"])
+    assert (trend["slope_low"], trend["slope_high"]) == pytest.approx((reference["slope_low"], reference["slope_high"]))
+    power = summary.attrs["power"].set_index("metric").loc[EM]
+    spread = pooled_sd([units.loc[units["config"] == c, EM] for c in configs])
+    assert power["sd"] == pytest.approx(spread["sd"]) and power["df"] == 6
+    assert power["seeds_needed"] == seeds_needed(spread["sd"], 0.05)
+    # paired: the baseline (weight 0) shares the seeds; c0.2's per-seed differences are 0.1, 0.1 and 0.102
+    differences = paired_interval(units.loc[units["config"] == "c0.2", EM].to_numpy(),
+                                  units.loc[units["config"] == "c0.0", EM].to_numpy())
+    row = summary.set_index("config").loc["c0.2"]
+    assert row["comparison"] == "paired" and row[f"{EM}.diff"] == pytest.approx(differences["diff"])
+    assert row[f"{EM}.diff_sd"] == pytest.approx(differences["sd"])
+
+
 def test_single_configuration_has_no_swept_params_or_figures(store, tmp_path):
     runs = load_runs("tagged", store, study="s1")
     paths = write_report(runs, tmp_path, dpi=30)
-    assert sorted(paths) == ["csv", "markdown"]
+    assert sorted(paths) == ["csv", "markdown", "seeds"]
     assert "| config | seeds | runs | baseline |" in paths["markdown"].read_text()
 
 
