@@ -383,29 +383,36 @@ def dose_responses(summary: pd.DataFrame, units: pd.DataFrame | None,
 
 
 def power_table(summary: pd.DataFrame, units: pd.DataFrame | None, resolve: float) -> pd.DataFrame:
-    """Per metric: the between-seed sd pooled over configurations (with its 95% interval and df), the seeds per
+    """Per metric: the between-seed sd pooled over the configurations the differences rest on (each compared
+    configuration and its baseline; with no comparison, all), with its 95% interval and df; the seeds per
     configuration needed to resolve a difference of `resolve` with 80% power at 5% (unpaired, normal
-    approximation), the smallest difference the study's own seeds resolve so, and the same for paired
-    comparisons from the sd of per-seed differences where the study has them. A configuration whose seeds all
-    sit at an end of the metric's range (e.g. exact match 0) has no spread to learn from and is left out."""
+    approximation) for a metric whose range is at most 2 wide (rates, AUROC, ECE, cosines: `resolve` is in
+    their units; NaN for unbounded ones such as norms); the smallest difference the study's own seeds
+    resolve so; and the same for paired comparisons from the sd of per-seed differences where the study has
+    them. A configuration whose seeds all sit at an end of the range (e.g. exact match 0) has no spread to
+    learn from and is left out."""
+    compared = summary["comparison"] != ""
+    used = (compared | summary["config"].isin(summary.loc[compared, "baseline_config"]) if compared.any()
+            else pd.Series(True, index=summary.index))
+    seeds = int(summary.loc[used, "seeds"].median()) if len(summary) else 0
     rows = []
-    seeds = int(summary["seeds"].median()) if len(summary) else 0
     for metric in summary.attrs["metrics"]:
         low, high = metric_range(metric)
         at_end = summary[f"{metric}.mean"].isin([low, high]) & (summary[f"{metric}.sd"] == 0)
-        spread = pooled_sd_from_stats(summary.loc[~at_end, f"{metric}.n"], summary.loc[~at_end, f"{metric}.sd"])
-        paired = summary["comparison"] == "paired"
-        differences = pooled_sd_from_stats(summary.loc[paired, f"{metric}.pairs"],
-                                           summary.loc[paired, f"{metric}.diff_sd"])
+        pool = summary[used & ~at_end]
+        spread = pooled_sd_from_stats(pool[f"{metric}.n"], pool[f"{metric}.sd"])
+        paired = summary[summary["comparison"] == "paired"]
+        differences = pooled_sd_from_stats(paired[f"{metric}.pairs"], paired[f"{metric}.diff_sd"])
+        sized = high - low <= 2  # `resolve` means something in this metric's units
         row = {"metric": metric, "sd": spread["sd"], "sd_low": spread["ci_low"], "sd_high": spread["ci_high"],
-               "df": spread["df"], "seeds_needed": math.nan, "detectable": math.nan, "paired_sd": differences["sd"],
-               "paired_seeds_needed": math.nan, "paired_detectable": math.nan}
+               "df": spread["df"], "seeds": seeds, "seeds_needed": math.nan, "detectable": math.nan,
+               "paired_sd": differences["sd"], "paired_seeds_needed": math.nan, "paired_detectable": math.nan}
         if np.isfinite(spread["sd"]):
-            row.update(seeds_needed=seeds_needed(spread["sd"], resolve), detectable=detectable_difference(spread["sd"],
-                                                                                                          seeds))
+            row["detectable"] = detectable_difference(spread["sd"], seeds)
+            row["seeds_needed"] = seeds_needed(spread["sd"], resolve) if sized else math.nan
         if np.isfinite(differences["sd"]):
-            row.update(paired_seeds_needed=seeds_needed(differences["sd"], resolve, paired=True),
-                       paired_detectable=detectable_difference(differences["sd"], seeds, paired=True))
+            row["paired_detectable"] = detectable_difference(differences["sd"], seeds, paired=True)
+            row["paired_seeds_needed"] = seeds_needed(differences["sd"], resolve, paired=True) if sized else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -571,12 +578,14 @@ def _trend_section(summary: pd.DataFrame) -> list[str]:
 
 def _power_section(summary: pd.DataFrame) -> list[str]:
     power, resolve = summary.attrs["power"], summary.attrs["resolve"]
-    seeds = int(summary["seeds"].median()) if len(summary) else 0
+    seeds = int(power["seeds"].iloc[0]) if len(power) else 0
     lines = ["## Power: how many seeds a difference needs", "",
-             "Between-seed sd: the sample sd within each configuration, pooled over configurations (a configuration "
-             "whose seeds all sit at an end of the range is left out), with its 95% chi-square interval. Seeds "
-             f"needed: per configuration, to detect a true difference of {_value(float(resolve))} (`--resolve`, in the "
-             "metric's own units) with 80% power at a two-sided 5% level, by the normal approximation: "
+             "Between-seed sd: the sample sd within each configuration, pooled over the configurations the "
+             "differences rest on (each compared configuration and its baseline; one whose seeds all sit at an end "
+             "of the range is left out), with its 95% chi-square interval. Seeds needed: per configuration, to "
+             f"detect a true difference of {_value(float(resolve))} (`--resolve`, in the metric's own units: given "
+             "for metrics with a range at most 2 wide, – for norms and entropies) with 80% power at a two-sided 5% "
+             "level, by the normal approximation: "
              "2 (z₀.₉₇₅ + z₀.₈)² sd² / Δ² unpaired; (z₀.₉₇₅ + z₀.₈)² sd_d² / Δ² paired, sd_d the sd of per-seed "
              f"differences. Smallest Δ: the difference {seeds} seeds per configuration (this study's) detect so. "
              "Uncorrected for multiplicity: a difference that must survive BH over a large family needs more.", ""]
