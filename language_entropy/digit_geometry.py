@@ -25,8 +25,15 @@ from numpy.typing import ArrayLike
 from scipy.spatial.distance import pdist
 from scipy.stats import spearmanr
 
+from language_entropy.tokenizer import DIGIT_IDS
+
 N_DIGITS = 10
 TIE_DECIMALS = 9  # distances are compared after rounding d / max(d) to this many decimals
+
+
+def digit_embeddings(model) -> np.ndarray:
+    """The token embeddings of the digits 0-9 of an `ArithmeticDecoder`, (10, C) float64: row d is digit d."""
+    return model.tok_emb.weight[list(DIGIT_IDS)].detach().double().cpu().numpy()
 
 
 def numeric_distances() -> tuple[np.ndarray, np.ndarray]:

@@ -28,11 +28,14 @@ from language_entropy.theory import theoretical_levels
 from language_entropy.uncertainty import (
     auroc,
     bootstrap_auroc_interval,
+    bootstrap_stratified_auroc_interval,
     digit_accuracy,
     expected_calibration_error,
+    interval_withheld,
     perplexity,
     semantic_entropy_by_problem,
     sequence_calibration,
+    stratified_auroc,
     wilson_interval,
 )
 
@@ -118,14 +121,21 @@ def _rate(name: str, hits) -> dict[str, float]:
     return {name: float(hits.mean()), f"{name}.ci_low": low, f"{name}.ci_high": high}
 
 
-def _auroc(name: str, scores, wrong, seed: int, groups=None) -> tuple[dict, str | None]:
-    """({name, name.ci_low, name.ci_high}, reason when undefined): an AUROC and its bootstrap 95% interval."""
+def _auroc(name: str, scores, wrong, seed: int, groups=None, strata=None) -> tuple[dict, str | None]:
+    """({name, name.ci_low, name.ci_high}, reason when undefined or without interval): an AUROC and its
+    bootstrap 95% interval; with `strata`, the mean of the AUROCs within them (`stratified_auroc`) and its
+    bootstrap within strata. No interval where fewer than 10 answers are wrong or right (`interval_withheld`)."""
     scores, wrong = np.asarray(scores, dtype=float), np.asarray(wrong, dtype=bool)
-    result = auroc(scores, wrong)
-    interval = (bootstrap_auroc_interval(scores, wrong, n_boot=N_BOOT, seed=seed, groups=groups)
-                if result.value is not None else None)
+    result = auroc(scores, wrong) if strata is None else stratified_auroc(scores, wrong, strata)
+    withheld = interval_withheld(wrong) if result.value is not None else None
+    if result.value is None or withheld is not None:
+        interval = None
+    elif strata is None:
+        interval = bootstrap_auroc_interval(scores, wrong, n_boot=N_BOOT, seed=seed, groups=groups)
+    else:
+        interval = bootstrap_stratified_auroc_interval(scores, wrong, strata, n_boot=N_BOOT, seed=seed)
     low, high = interval if interval is not None else (None, None)
-    return {name: result.value, f"{name}.ci_low": low, f"{name}.ci_high": high}, result.reason
+    return {name: result.value, f"{name}.ci_low": low, f"{name}.ci_high": high}, result.reason or withheld
 
 
 def _breakdown(problems: pd.DataFrame, tokens: pd.DataFrame, key: str, temperatures: tuple[float, ...],
@@ -231,10 +241,11 @@ def _sequence_confidences(model: ArithmeticDecoder, problems: pd.DataFrame, gree
 
 
 def _error_detection(model: ArithmeticDecoder, problems: pd.DataFrame, greedy: pd.DataFrame, config: EvalConfig,
-                     reverse_answer: bool, seed: int) -> tuple[pd.DataFrame, dict, dict]:
+                     reverse_answer: bool, seed: int) -> tuple[pd.DataFrame, dict[str, tuple[dict, dict]]]:
     """Semantic entropy on the first `semantic_problems` problems, and the AUROC of it, of the greedy answer's
-    token entropy and of its sequence NLL for flagging wrong answers: (semantic entropies, AUROCs with
-    intervals, reasons where undefined)."""
+    token entropy and of its sequence NLL for flagging wrong answers, pooled and within (operation, lengths)
+    buckets: (semantic entropies, {"pooled" / "stratified": (AUROCs with intervals, reasons where undefined
+    or without interval)}). Adds each problem's scores to `problems`."""
     n_semantic = min(config.semantic_problems, len(problems))
     samples = sample_sequences(model, problems["text"].tolist()[:n_semantic], config.batch_size,
                                config.semantic_temperature, config.top_k, config.top_p,
@@ -246,11 +257,20 @@ def _error_detection(model: ArithmeticDecoder, problems: pd.DataFrame, greedy: p
               "semantic_entropy_weighted": semantic["weighted_semantic_entropy"],
               "token_entropy": greedy["mean_entropy_bits"][:n_semantic],
               "sequence_nll": -greedy["logprob"][:n_semantic]}
-    aurocs, reasons = {}, {}
+    buckets = problems["bucket"].to_numpy()[:n_semantic]
+    aurocs, reasons, stratified, stratified_reasons = {}, {}, {}, {}
     for name, score in scores.items():
         entry, reasons[name] = _auroc(name, score.to_numpy(), wrong, seed)
         aurocs.update(entry)
-    return semantic, aurocs, reasons
+        entry, stratified_reasons[name] = _auroc(name, score.to_numpy(), wrong, seed, strata=buckets)
+        stratified.update(entry)
+    # each problem's scores beside its answer, for the per-problem table (NaN past the semantic problems)
+    problems["mean_token_entropy_bits"] = greedy["mean_entropy_bits"].to_numpy(dtype=float)
+    for column, values in (("semantic_entropy_bits", semantic["discrete_semantic_entropy"]),
+                           ("weighted_semantic_entropy_bits", semantic["weighted_semantic_entropy"])):
+        problems[column] = np.nan
+        problems.loc[problems.index[:n_semantic], column] = values.to_numpy(dtype=float)
+    return semantic, {"pooled": (aurocs, reasons), "stratified": (stratified, stratified_reasons)}
 
 
 def _token_error_detection(forced: pd.DataFrame, seed: int) -> tuple[dict, dict]:
@@ -282,7 +302,8 @@ def evaluate_split(model: ArithmeticDecoder, frame: pd.DataFrame, theory: pd.Dat
     temperatures = _temperature_sweep(model, problems, greedy, expected, config, seed)
     _sequence_confidences(model, problems, greedy, expected, config, seed)
     calibration_per_op, calibration, sequence_reliability = _sequence_calibration(problems, config.calibration_bins)
-    semantic, aurocs, reasons = _error_detection(model, problems, greedy, config, reverse_answer, seed)
+    semantic, detection = _error_detection(model, problems, greedy, config, reverse_answer, seed)
+    (aurocs, reasons), (stratified, stratified_reasons) = detection["pooled"], detection["stratified"]
     token_aurocs, token_reasons = _token_error_detection(forced, seed)
 
     per_operation = _breakdown(problems, forced, "op", config.temperatures, config.calibration_bins)
@@ -313,11 +334,29 @@ def evaluate_split(model: ArithmeticDecoder, frame: pd.DataFrame, theory: pd.Dat
                      "mean_weighted_semantic_entropy_bits": float(semantic["weighted_semantic_entropy"].mean())},
         "auroc": aurocs,
         "auroc_reason": {name: reason for name, reason in reasons.items() if reason is not None},
+        # the mean of the AUROCs within each (operation, lengths) bucket: no credit for telling buckets apart
+        "stratified_auroc": stratified,
+        "stratified_auroc_reason": {name: reason for name, reason in stratified_reasons.items() if reason is not None},
         "token_error_auroc": token_aurocs,
         "token_error_auroc_reason": {name: reason for name, reason in token_reasons.items() if reason is not None},
     }
     return SplitReport(summary, by_step, by_step_bucket, token_reliability, sequence_reliability, temperatures,
                        problems)
+
+
+PROBLEM_COLUMNS = {  # the per-problem table (metrics/problems.parquet): column -> column of SplitReport.problems
+    "operation": "op", "a": "a", "b": "b", "a_digits": "a_digits", "b_digits": "b_digits", "answer": "answer",
+    "written": "written", "correct": "right", "sequence_probability": "confidence_greedy",
+    "mean_token_entropy_bits": "mean_token_entropy_bits", "semantic_entropy_bits": "semantic_entropy_bits",
+    "weighted_semantic_entropy_bits": "weighted_semantic_entropy_bits",
+}
+
+
+def problem_table(problems: pd.DataFrame) -> pd.DataFrame:
+    """One row per problem of a split: the problem (operation, operands, their lengths, the right answer), the
+    greedy answer as written and whether it is right, its sequence probability and mean token entropy (bits),
+    and the semantic entropies (bits; NaN past `eval.semantic_problems`)."""
+    return problems[list(PROBLEM_COLUMNS.values())].set_axis(list(PROBLEM_COLUMNS), axis=1).reset_index(drop=True)
 
 
 def flatten_numbers(tree: dict, prefix: str = "") -> dict[str, float]:
@@ -337,12 +376,13 @@ HEADLINE_AUROCS = ("semantic_entropy", "token_entropy", "sequence_nll")
 
 
 def headline(report: dict[str, dict]) -> dict[str, dict[str, float | None]]:
-    """The numbers a researcher reads first (metrics/summary.json, the file DVC shows as metrics), per split:
+    """The numbers a researcher reads first (metrics/summary.json, the file DVC shows as metrics), per split
+    (the report's other sections, e.g. ``digit_geometry``, are not splits):
     exact match with its Wilson 95% interval and per operation, mean answer entropy (bits), the greedy
     answers' sequence ECE and perplexity; on OOD also the AUROCs of the three error detectors (None where
     undefined). Every one of them is also in the full report (eval.json)."""
     top = {}
-    for split, numbers in report.items():
+    for split, numbers in ((split, report[split]) for split in SPLIT_NAMES if split in report):
         entry = {"exact_match": numbers["exact_match"], "exact_match_ci_low": numbers["exact_match.ci_low"],
                  "exact_match_ci_high": numbers["exact_match.ci_high"]}
         entry.update({f"exact_match_{op}": values["exact_match"] for op, values in numbers["per_operation"].items()})

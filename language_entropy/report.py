@@ -87,9 +87,19 @@ METRICS = (
     "test_ood.auroc.semantic_entropy",
     "test_ood.auroc.token_entropy",
     "test_ood.auroc.sequence_nll",
+    "test_ood.stratified_auroc.semantic_entropy",
+    "test_ood.stratified_auroc.token_entropy",
+    "test_ood.stratified_auroc.sequence_nll",
     "test.continuity_l2",
     "test.continuity_cosine",
     "test.hidden_norm",
+    "learning.steps_to_50",
+    "learning.steps_to_90",
+    "learning.steps_to_99",
+    "learning.area",
+    "digit_geometry.line_rank_correlation",
+    "digit_geometry.ring_rank_correlation",
+    "digit_geometry.neighbour_cosine_gap",
 )
 METRIC_LABELS = {
     "test.exact_match": "test exact match",
@@ -104,6 +114,16 @@ METRIC_LABELS = {
     "test.continuity_l2": "test continuity (l2)",
     "test.continuity_cosine": "test continuity (cosine)",
     "test.hidden_norm": "test final hidden-state norm",
+    "test_ood.stratified_auroc.semantic_entropy": "OOD AUROC within buckets, semantic entropy",
+    "test_ood.stratified_auroc.token_entropy": "OOD AUROC within buckets, token entropy",
+    "test_ood.stratified_auroc.sequence_nll": "OOD AUROC within buckets, sequence NLL",
+    "learning.steps_to_50": "steps to 50% validation exact match",
+    "learning.steps_to_90": "steps to 90% validation exact match",
+    "learning.steps_to_99": "steps to 99% validation exact match",
+    "learning.area": "mean validation exact match over training",
+    "digit_geometry.line_rank_correlation": "digit embeddings: rank corr. with |i - j|",
+    "digit_geometry.ring_rank_correlation": "digit embeddings: rank corr. with ring distance",
+    "digit_geometry.neighbour_cosine_gap": "digit embeddings: neighbour cosine gap",
 }
 TRAINING_SECTIONS = ("data", "model", "loss", "train")
 # How a run was executed or logged, not what was trained: runs that differ only here are seeds of one configuration.

@@ -33,6 +33,10 @@ def test_repro_then_experiment_skips_unchanged_stages(tiny_project):
         assert set(report[split]["auroc"]) >= {"semantic_entropy", "semantic_entropy.ci_low", "token_entropy"}
         assert set(report[split]["token_error_auroc"]) >= {"all", "add", "sub"}
         assert set(report[split]["per_operation"]) == {"add", "sub"}
+    assert set(report["test_ood"]["stratified_auroc"]) >= {"semantic_entropy", "token_entropy", "sequence_nll"}
+    assert -1 <= report["digit_geometry"]["ring_rank_correlation"] <= 1 and 0 <= report["learning"]["area"] <= 1
+    problems = pd.read_parquet(tiny_project / "metrics" / "problems.parquet")
+    assert set(problems["split"]) == {"test", "test_ood"} and problems["correct"].dtype == bool
     curve = pd.read_csv(tiny_project / "metrics" / "train_curve.csv")
     assert curve["step"].tolist() == [0, 10, 20]  # step 0 and the early schedule's steps <= train.steps
     by_step = pd.read_csv(tiny_project / "metrics" / "entropy_by_step.csv")

@@ -224,7 +224,13 @@ import torch  # noqa: E402
 
 from language_entropy import tokenizer  # noqa: E402
 from language_entropy.data import generate_splits, prompt_of  # noqa: E402
-from language_entropy.evaluation import BUCKET_KEYS, digit_blind_levels, evaluate_split  # noqa: E402
+from language_entropy.evaluation import (  # noqa: E402
+    BUCKET_KEYS,
+    PROBLEM_COLUMNS,
+    digit_blind_levels,
+    evaluate_split,
+    problem_table,
+)
 from language_entropy.measure import continuity_stats, expected_answers, generation_prompts, teacher_forced_stats  # noqa: E402
 from language_entropy.model import ArithmeticDecoder  # noqa: E402
 from language_entropy.params import (  # noqa: E402
@@ -518,6 +524,10 @@ def test_token_error_auroc_equals_sklearn_on_a_per_text_computation(trained, rea
     for op in ("all", "add", "sub"):
         mask = np.ones(len(ops), dtype=bool) if op == "all" else ops == op
         assert token_auroc[op] == pytest.approx(roc_auc_score(wrong[mask], scores[mask]), abs=1e-12)
+        if min(wrong[mask].sum(), (~wrong[mask]).sum()) < 10:  # too few of a class: no interval, and why
+            assert token_auroc[f"{op}.ci_low"] is None and token_auroc[f"{op}.ci_high"] is None
+            assert "(fewer than 10)" in report.summary["token_error_auroc_reason"][op]
+            continue
         low, high = grouped_bootstrap_by_sklearn(scores[mask], wrong[mask].astype(int), problem[mask], 1000, 0)
         assert (token_auroc[f"{op}.ci_low"], token_auroc[f"{op}.ci_high"]) == pytest.approx((low, high), abs=1e-12)
 
@@ -557,3 +567,32 @@ def test_greedy_temperature_row_reports_the_entropy_of_a_point_mass(readings):
     rows = report.temperature.set_index("temperature")["mean_entropy_bits"]
     assert rows[0.0] == 0.0
     assert (rows.drop(0.0) > 0).all()
+
+
+def test_error_detection_within_buckets_and_the_problem_table(trained, readings):
+    model, frame, _ = trained
+    report, config = readings
+    table = problem_table(report.problems)
+    assert list(table.columns) == list(PROBLEM_COLUMNS)
+    assert table["correct"].tolist() == report.problems["right"].tolist() and len(table) == len(frame)
+    assert table["operation"].tolist() == frame["op"].tolist()
+    assert table["semantic_entropy_bits"].iloc[:config.semantic_problems].notna().all()
+    assert table["semantic_entropy_bits"].iloc[config.semantic_problems:].isna().all()
+    n = config.semantic_problems
+    first = table.iloc[:n]
+    wrong = (~first["correct"]).to_numpy().astype(int)
+    buckets = (first["operation"] + "_" + first["a_digits"].astype(str) + "x"
+               + first["b_digits"].astype(str)).to_numpy()
+    scores = {"semantic_entropy": first["semantic_entropy_bits"], "token_entropy": first["mean_token_entropy_bits"],
+              "sequence_nll": -np.log(first["sequence_probability"])}
+    stratified = report.summary["stratified_auroc"]
+    for name, score in scores.items():
+        per_bucket = [roc_auc_score(wrong[buckets == b], score.to_numpy()[buckets == b]) for b in sorted(set(buckets))
+                      if 0 < wrong[buckets == b].sum() < (buckets == b).sum()]
+        assert per_bucket and stratified[name] == pytest.approx(np.mean(per_bucket), abs=1e-6), name
+        assert report.summary["auroc"][name] == pytest.approx(roc_auc_score(wrong, score), abs=1e-6), name
+    if min(wrong.sum(), (1 - wrong).sum()) < 10:  # the interval rule holds for both forms
+        assert stratified["token_entropy.ci_low"] is None
+        assert "(fewer than 10)" in report.summary["stratified_auroc_reason"]["token_entropy"]
+    else:
+        assert stratified["token_entropy.ci_low"] <= stratified["token_entropy"] <= stratified["token_entropy.ci_high"]

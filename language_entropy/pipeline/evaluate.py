@@ -12,10 +12,12 @@ import torch
 from language_entropy import tokenizer
 from language_entropy.checkpoint import load_checkpoint, load_model
 from language_entropy.data import prompt_of, read_split
+from language_entropy.digit_geometry import digit_embeddings, digit_geometry
 from language_entropy.entropy import entropy_bits_from_probs
 from language_entropy.errors import UserError
-from language_entropy.evaluation import SPLIT_NAMES, evaluate_split, flatten_numbers, headline
+from language_entropy.evaluation import SPLIT_NAMES, evaluate_split, flatten_numbers, headline, problem_table
 from language_entropy.generation import generate_batched
+from language_entropy.learning_speed import learning_speed
 from language_entropy.measure import expected_answers, generation_prompts
 from language_entropy.model import ArithmeticDecoder
 from language_entropy.params import LossConfig, Params
@@ -65,7 +67,9 @@ TABLES = {  # file -> (SplitReport attribute, columns after "split")
                                         "mean_entropy_bits"]),
 }
 REPORT_FILE, HEADLINE_FILE = "eval.json", "summary.json"  # every number; the dozen DVC shows as metrics
-OUTPUT_FILES = [REPORT_FILE, HEADLINE_FILE, *TABLES]
+PROBLEMS_FILE = "problems.parquet"  # one row per problem: its answer and scores (evaluation.problem_table)
+OUTPUT_FILES = [REPORT_FILE, HEADLINE_FILE, *TABLES, PROBLEMS_FILE]
+CURVE_FILE = "train_curve.csv"  # the train stage's curve, read for the learning-speed readings
 
 
 @interruptible
@@ -104,7 +108,7 @@ def run_evaluation(params: Params, checkpoint: Path, samples: int | None, verbos
     continuity_positions = trained.get("loss.continuity_positions", LossConfig.continuity_positions)
 
     report = {}
-    tables: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
+    tables: dict[str, list[pd.DataFrame]] = {name: [] for name in [*TABLES, PROBLEMS_FILE]}
     for name in SPLIT_NAMES:
         frame = frames[name].iloc[:samples].reset_index(drop=True)
         if verbosity > 0 and name == "test":
@@ -114,12 +118,20 @@ def run_evaluation(params: Params, checkpoint: Path, samples: int | None, verbos
         report[name] = split_report.summary
         for file_name, (attribute, _) in TABLES.items():
             tables[file_name].append(getattr(split_report, attribute).assign(split=name))
+        tables[PROBLEMS_FILE].append(problem_table(split_report.problems).assign(split=name))
         if verbosity >= 0:
             summary = split_report.summary
             print(f"{name}: exact match {summary['exact_match']:.4f} [{summary['exact_match.ci_low']:.4f}, "
                   f"{summary['exact_match.ci_high']:.4f}]  perplexity {summary['perplexity']:.4f}  "
                   f"sequence ECE (greedy) {summary['sequence_ece']['greedy']:.4f}  "
                   f"AUROC(semantic entropy) {summary['auroc']['semantic_entropy']}")
+
+    # readings of the model rather than of a split: the digit embeddings' geometry, and how fast the pipeline's
+    # own model learned (its train curve; an ad-hoc checkpoint's curve is not at hand)
+    report["digit_geometry"] = digit_geometry(digit_embeddings(model))
+    curve = Path(params.paths.metrics) / CURVE_FILE
+    if checkpoint == Path(params.paths.model) and curve.exists():
+        report["learning"] = learning_speed(pd.read_csv(curve))
 
     written = [metrics_dir / name for name in OUTPUT_FILES]
     top = headline(report)
@@ -129,6 +141,9 @@ def run_evaluation(params: Params, checkpoint: Path, samples: int | None, verbos
         for file_name, (_, columns) in TABLES.items():
             pd.concat(tables[file_name], ignore_index=True)[["split", *columns]].to_csv(staged(metrics_dir / file_name),
                                                                                         index=False)
+        problems = pd.concat(tables[PROBLEMS_FILE], ignore_index=True)
+        problems[["split", *problems.columns.drop("split")]].to_parquet(staged(metrics_dir / PROBLEMS_FILE),
+                                                                       index=False)
     if adhoc:
         tracking.start_adhoc_run(experiment_id, logged_params, stage="evaluate", source=str(checkpoint))
         print(f"ad-hoc evaluation written to {metrics_dir}/ (the pipeline's outputs and MLflow run are untouched)",

@@ -12,8 +12,9 @@ import torch
 from language_entropy import plots, tokenizer
 from language_entropy.checkpoint import load_checkpoint, load_model
 from language_entropy.data import prompt_of, read_split
+from language_entropy.digit_geometry import digit_embeddings
 from language_entropy.errors import UserError
-from language_entropy.evaluation import digit_blind_levels
+from language_entropy.evaluation import SPLIT_NAMES, digit_blind_levels
 from language_entropy.generation import generate_batched
 from language_entropy.measure import generation_prompts, greedy_right
 from language_entropy.model import ArithmeticDecoder
@@ -129,7 +130,7 @@ def run_visualization(params: Params, base: Path | None = None) -> list[Path]:
     with output_set(figures) as staged:  # the figures replace the previous ones together, or none does
         trajectories = collect_trajectories(model, problems, list(params.viz.layers), params.viz.trajectories,
                                             params.data.reverse_answer)
-        digits = model.tok_emb.weight[list(tokenizer.DIGIT_IDS)].detach().float().cpu().numpy()
+        digits = digit_embeddings(model)
         plots.plot_trajectories(trajectories, list(params.viz.layers), staged(out / "trajectories.png"), dpi)
         plots.plot_digit_geometry(digits, staged(out / "digit_geometry.png"), dpi)
         plots.plot_entropy_by_step(tables["entropy_by_step"], staged(out / "entropy_by_step.png"), dpi)
@@ -137,7 +138,7 @@ def run_visualization(params: Params, base: Path | None = None) -> list[Path]:
                                            staged(out / "entropy_during_training.png"), dpi)
         plots.plot_training_curves(tables["train_curve"], staged(out / "training_curves.png"), dpi)
         plots.plot_reliability(tables["sequence_reliability"], staged(out / "reliability.png"), dpi,
-                               ece={split: report[split]["sequence_ece"] for split in report})
+                               ece={split: report[split]["sequence_ece"] for split in SPLIT_NAMES if split in report})
         plots.plot_temperature(tables["temperature"], staged(out / "temperature.png"), dpi)
     if adhoc:
         tracking.start_adhoc_run(experiment_id, logged_params, stage="visualize", source=str(checkpoint))
