@@ -4,12 +4,17 @@ temperature, semantic entropy and continuity, each rate with its 95% interval.
 Built from `measure` (the model's statistics and answers), `uncertainty` (the metrics) and `theory`
 (the exact per-bucket levels); the evaluate stage writes and logs what `evaluate_split` returns.
 
+Error-detection AUROCs come pooled (``auroc``) and as the mean of the AUROCs within each (operation,
+operand lengths) bucket (``stratified_auroc``), which gives no credit for telling buckets apart.
+`problem_table` is the per-problem table (each answer with its scores).
+
 Intervals sit beside their value under the same name plus ``.ci_low`` / ``.ci_high``: Wilson for
-every exact match, a percentile bootstrap over problems (N_BOOT resamples, seeded by `seed`) for
-every AUROC. Every random draw comes from
-its own generator, seeded by (seed, purpose) (`purpose_generator`): the temperature sweep (one per
-temperature), the semantic-entropy samples and the sampled sequence calibration never share a
-stream, so changing one leaves the others' numbers bit-identical.
+every exact match, a percentile bootstrap over problems (N_BOOT resamples, seeded by `seed`; within
+buckets for the stratified form) for every AUROC, none where fewer than 10 answers are wrong or right
+(the ``*_reason`` entries say so). Every random draw comes from its own generator, seeded by (seed,
+purpose) (`purpose_generator`): the temperature sweep (one per temperature), the semantic-entropy
+samples and the sampled sequence calibration never share a stream, so changing one leaves the others'
+numbers bit-identical.
 """
 
 from __future__ import annotations
