@@ -104,7 +104,7 @@ def problems(document: Path, root: Path) -> list[str]:
             found.append(f"{name}: link ({target}) reaches no file")
         elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
             found.append(f"{name}: link ({target}) names no heading of {file or name}")
-    return found
+    return list(dict.fromkeys(found))  # a link used twice is one problem
 
 
 def test_every_link_and_path_in_the_documentation_exists():
