@@ -78,7 +78,7 @@ def test_race_smoke_runs_from_the_params_file_and_names_it():
 GPU_KEYS = {"train_step_eager_ms", "train_step_captured_ms", "train_step_captured_all_losses_ms",
             "train_step_all_losses_ratio", "decode_kv_captured_vs_recompute", "decode_kv_captured_tokens_per_s",
             "eval_default_eager_s", "eval_default_captured_s", "sweep_1_at_a_time_s", "sweep_2_at_a_time_speedup",
-            "default_repro_s"}
+            "default_repro_s", "batched_runs_vs_one"}
 
 
 @pytest.mark.slow
