@@ -315,7 +315,6 @@ class BatchedTrainer:
                                           "lr": self.current_lr()})
             if eval_due:
                 evaluate(logged)
-        self.flush_log()
         self._hand_back()
         return [TrainResult(trainer.model, curve_frame(trainer.curve)) for trainer in self.trainers]
 

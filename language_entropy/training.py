@@ -438,7 +438,9 @@ class CapturedStep:
     to what they were before them. Every replay is therefore a step taken from the same state as the
     eager loop would take it, and a resumed run, which captures afresh, replays the same graph from
     the restored state: bit-exact resume. The scheduler and the adaptive entropy coefficient update
-    outside the graph, in place, where the replays read them.
+    outside the graph, in place, where the replays read them. `trainer` may be any object with a `model`,
+    an `optimizer` and an `update(tokens, offsets)` whose result has `as_vector()`: `batched.BatchedTrainer`
+    captures its K runs' step through it too.
     """
 
     WARMUP_STEPS = 3
