@@ -1,5 +1,5 @@
-"""GPU figures: the captured training step and decode loop against eager, a sweep that fills one GPU, and
-the whole default pipeline.
+"""GPU figures: the captured training step and decode loop against eager, a sweep that fills one GPU, many
+seeds as one batched model, and the whole default pipeline.
 
     python benchmarks/bench_gpu.py [--device cuda] [--smoke] [--skip-sweep] [--skip-repro]
 
@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bench_model  # noqa: E402
 from scratch import TINY_PARAMS, make_project, run  # noqa: E402
 
+from language_entropy.batched import BatchedTrainer  # noqa: E402
 from language_entropy.checkpoint import load_model  # noqa: E402
 from language_entropy.data import generate_splits  # noqa: E402
 from language_entropy.evaluation import evaluate_split  # noqa: E402
@@ -166,6 +167,49 @@ def sweep_figures(experiments: int, steps: int, device: str, job_counts: tuple[i
     return figures
 
 
+# --- many seeds as one batched model -------------------------------------------------------------------------
+
+
+def batched_seeds_figures(device: torch.device, runs: int, steps: int | None = None,
+                          smoke: bool = False) -> dict[str, object]:
+    """Wall seconds of one default training (params.yaml, seed 0: `Trainer` built and fit, validation included;
+    its data drawn before the clock) and of `runs` of them, seeds 0..runs-1, as one batched model
+    (`batched.BatchedTrainer`), on `device`, after a 2-step warm-up of both; `steps` replaces train.steps;
+    smoke: small data splits."""
+    params = load_params(ROOT / "params.yaml")
+    config = params.train if steps is None else dataclasses.replace(params.train, steps=steps)
+    data = params.data
+    if smoke:
+        data = dataclasses.replace(data, train_size=2000, val_size=50, test_size=50, ood_size=50)
+    splits = [generate_splits(data, seed) for seed in range(runs)]
+
+    def trainer(seed: int, train=config) -> Trainer:
+        return Trainer(params.model, params.loss, train, seed, splits[seed]["train"]["text"].tolist(),
+                       splits[seed]["val"]["text"].tolist(), device)
+
+    def no_eval(*args) -> None:
+        return None
+
+    def one_run(train=config) -> None:
+        trainer(0, train).fit(on_eval=no_eval, on_checkpoint=no_eval, stop_requested=no_eval)
+
+    def batched(train=config, count=runs) -> None:
+        BatchedTrainer([trainer(seed, train) for seed in range(count)]).fit(on_eval=no_eval)
+
+    warm_up = dataclasses.replace(config, steps=2)  # cuBLAS, the allocator, both paths' code (2 runs: quick)
+    one_run(warm_up)
+    batched(warm_up, count=min(2, runs))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    one_s = bench_model.median_seconds(one_run, device, repeats=1, warmup=0)
+    batched_s = bench_model.median_seconds(batched, device, repeats=1, warmup=0)
+    figures = {"batched_runs": runs, "batched_train_steps": config.steps, "batched_one_run_s": one_s,
+               "batched_runs_s": batched_s, "batched_runs_vs_one": batched_s / one_s}
+    if device.type == "cuda":
+        figures["batched_peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return figures
+
+
 REPRO_STAGES = ("generate-data", "compute-theoretical-entropy", "train", "evaluate", "visualize")
 
 
@@ -204,6 +248,7 @@ def run_all(device: str, smoke: bool, skip_sweep: bool, skip_repro: bool,
     progress(figures)
     parts = {"sweep": None if skip_sweep else lambda: sweep_figures(2 if smoke else 8, 5 if smoke else 1500, device,
                                                                     (1, 2) if smoke else (1, 4, 8)),
+             "batched": lambda: batched_seeds_figures(device_, 2 if smoke else 64, 5 if smoke else None, smoke),
              "default_repro": None if skip_repro else lambda: default_repro_s(smoke)}
     for name, part in parts.items():
         if part is None:

@@ -12,19 +12,20 @@ steps, decoding, a sweep of 8 default trainings on one GPU and, unless --skip-st
 Prints one JSON object and writes it to `--out`. Each figure is the median of `--repeats` runs after
 a warm-up, beside the machine's core count, torch version and device. `--smoke` shrinks every
 workload to seconds (for CI: it checks that the suite runs and has its keys, not the speed).
-`--mingpt DIR` (a checkout of karpathy/minGPT outside this repository) also times minGPT's adder to
-99% in the same run, right after this project's time to 99% (benchmarks/bench_mingpt.py).
+The 3-digit-addition race (benchmarks/bench_race.py) trains this project from the committed params file
+benchmarks/add3.yaml (the shipped params.yaml with 3-digit addition data and `model.abacus_offset_equals:
+true`), seeds 0, 1 and 2, and reports each seed's time to 99% validation exact match; `--mingpt DIR` (a
+checkout of karpathy/minGPT outside this repository) runs minGPT's adder, unchanged, in the same run right
+after them, and each seed's time as a multiple of minGPT's (benchmarks/bench_mingpt.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -32,16 +33,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench_gpu
-import bench_mingpt
 import bench_model
+import bench_race
 import bench_startup
 import bench_sweep
 import bench_theory
 
 from language_entropy.data import generate_splits
-from language_entropy.measure import greedy_exact_match
-from language_entropy.params import DataConfig, DigitRange, load_params
-from language_entropy.training import Trainer
+from language_entropy.params import DataConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -50,28 +49,6 @@ CPU = torch.device("cpu")
 def datagen_problems_per_s(problems: int, repeats: int) -> float:
     config = DataConfig(train_size=problems - 3000, val_size=1000, test_size=1000, ood_size=1000)
     return problems / bench_model.median_seconds(lambda: generate_splits(config, seed=0), CPU, repeats)
-
-
-def time_to_99_add3_s(max_steps: int | None, eval_every: int) -> dict[str, float]:
-    """Wall time (training and validation) until 3-digit addition reaches 99% validation exact match, with
-    the shipped params.yaml (model, loss, train) and only the data restricted to 3-digit addition."""
-    params = load_params(ROOT / "params.yaml")
-    data = DataConfig(operations=("add",), digits=DigitRange(3, 3), ood_digits=DigitRange(4, 4),
-                      train_size=100_000, val_size=500, test_size=500, ood_size=100)
-    splits = generate_splits(data, seed=params.seed)
-    config = params.train if max_steps is None else dataclasses.replace(params.train, steps=max_steps)
-    trainer = Trainer(params.model, params.loss, config, seed=params.seed, train_texts=splits["train"]["text"].tolist(),
-                      val_texts=splits["val"]["text"].tolist(), device=torch.device("cpu"))
-    start = time.perf_counter()
-    exact = 0.0
-    while trainer.step < config.steps:
-        trainer.train_step()
-        if trainer.step % eval_every == 0:
-            exact = greedy_exact_match(trainer.model, splits["val"]["text"].tolist())
-            if exact >= 0.99:
-                break
-    return {"time_to_99_add3_s": time.perf_counter() - start if exact >= 0.99 else None,
-            "time_to_99_add3_steps": trainer.step, "time_to_99_add3_final_val_exact_match": exact}
 
 
 def write_gpu_figures(args: argparse.Namespace) -> None:
@@ -88,7 +65,7 @@ def write_gpu_figures(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--skip-time-to-99", action="store_true", help="skip the few-minute training benchmark")
+    parser.add_argument("--skip-time-to-99", action="store_true", help="skip the 3-digit-addition race (minutes)")
     parser.add_argument("--skip-sweep", action="store_true", help="skip the few-minute queued-sweep benchmark")
     parser.add_argument("--skip-startup", action="store_true",
                         help="skip the stage start-up benchmark (runs the default pipeline once)")
@@ -119,14 +96,8 @@ def main() -> None:
     figures["generate_tokens_per_s_recompute"] = decoding["decode_recompute_tokens_per_s"]
     figures["eval_default_s"], figures["eval_default_model"] = bench_gpu.eval_default_s("cpu", False, repeats,
                                                                                       args.smoke)
-    if args.smoke:
-        figures.update(time_to_99_add3_s(max_steps=4, eval_every=2))
-    elif not args.skip_time_to_99:
-        figures.update(time_to_99_add3_s(max_steps=None, eval_every=50))
-        if args.mingpt:
-            figures.update(bench_mingpt.time_to_99(args.mingpt, eval_every=50))
-            ours, theirs = figures["time_to_99_add3_s"], figures["mingpt_add3_time_to_99_s"]
-            figures["time_to_99_add3_vs_mingpt"] = ours / theirs if ours and theirs else None
+    if args.smoke or not args.skip_time_to_99:
+        figures.update(bench_race.race(mingpt=args.mingpt, smoke=args.smoke))
     if not args.skip_startup:
         figures.update(bench_startup.stage_startup(smoke=args.smoke))
     if not args.skip_sweep:

@@ -137,6 +137,75 @@ class TrainResult:
     curve: pd.DataFrame
 
 
+def fit_optimizer_to_device(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """AdamW as this device needs it, whichever device saved its state: on CUDA it keeps its learning
+    rate and step counts in device tensors (`capturable`: a captured step reads the values the
+    scheduler wrote since; an eager step on CUDA does the same, so the two take identical steps);
+    elsewhere in Python floats and CPU tensors, torch's default."""
+    on_device = device.type == "cuda"
+    lr = float(optimizer.param_groups[0]["lr"])
+    shared_lr = torch.tensor(lr, device=device) if on_device else lr  # one tensor for every group
+    for group in optimizer.param_groups:
+        group["capturable"] = on_device
+        group["lr"] = shared_lr
+    for state in optimizer.state.values():
+        if "step" in state:
+            state["step"] = state["step"].to(device if on_device else "cpu", torch.float32)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if device.type == "cuda":  # pinned: the copy is queued behind the running step, not waited for
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def training_autocast(device: torch.device, graphed: bool):
+    """bf16 autocast on CUDA, none elsewhere."""
+    if device.type == "cuda":  # no weight cache when captured: a cached cast would outlive its context
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=not graphed)
+    return contextlib.nullcontext()
+
+
+def validation_row(model: ArithmeticDecoder, val_texts: list[str], loss_config: LossConfig,
+                   device: torch.device) -> dict[str, float]:
+    """On the whole val split: loss, exact match, answer entropy per step (bits), and the continuity
+    readings of the representation the continuity loss acts on (`measure.continuity_stats`: its
+    mean l2 norm, l2 and cosine continuity), logged whatever continuity weight and metric train."""
+    model.eval()
+    stats = teacher_forced_stats(model, val_texts, device, batch_size=512)
+    exact = greedy_exact_match(model, val_texts, batch_size=512)
+    continuity = continuity_stats(model, val_texts, device, loss_config.continuity_on,
+                                  loss_config.continuity_positions, batch_size=512)
+    row = {"val_loss": stats.ce_nats, "val_exact_match": exact,
+           **{f"val_{name}": value for name, value in continuity.items()}}
+    row.update({f"entropy_step_{k}": bits for k, bits in enumerate(stats.entropy_bits_by_step)})
+    return row
+
+
+def curve_row(step: int, tokens_per_s: float, lr: float, logged: dict[str, float],
+              validation: dict[str, float]) -> dict[str, float]:
+    """One row of the training curve (its `wall_time_s` is added by the caller): the step, throughput, learning
+    rate, the training loss terms at that step (NaN before the first step) and the validation readings."""
+    return {"step": step, "tokens_per_s": tokens_per_s, "lr": lr,
+            **{key: logged.get(key, math.nan) for key in CURVE_LOSS_COLUMNS}, **validation}
+
+
+def curve_frame(rows: list[dict[str, float]]) -> pd.DataFrame:
+    """The curve rows as a table, the columns every run has first."""
+    curve = pd.DataFrame(rows)
+    first = ["step", "wall_time_s", "tokens_per_s", "lr", *CURVE_LOSS_COLUMNS, "val_loss", "val_exact_match"]
+    return curve if curve.empty else curve[first + [c for c in curve.columns if c not in first]]
+
+
+def raise_if_diverged(rows: dict[int, dict[str, float]], run: str = "") -> None:
+    """TrainingDiverged naming the first step, and its first non-finite term (the parts before the total), of
+    `rows` ({step: `logged_terms`}) that went NaN or infinite; `run` names the run when several train at once."""
+    for step, row in rows.items():
+        for name in ("ce_loss", "entropy_loss", "continuity_loss", "loss"):
+            if not math.isfinite(row[name]):
+                raise TrainingDiverged(f"{run}{name} became {row[name]} at step {step}")
+
+
 class Trainer:
     """Owns the model, optimisers and state of one training run; `fit` runs it to `config.steps`."""
 
@@ -156,7 +225,7 @@ class Trainer:
         self.model.graphed_generation = config.cuda_graphs  # validation's generation (CUDA only)
         self.optimizer = configure_optimizer(self.model, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, config))
-        self._fit_optimizer_to_device()
+        fit_optimizer_to_device(self.optimizer, device)
         self.adaptive = None
         if loss_config.entropy_target is not None:
             self.adaptive = AdaptiveEntropyCoefficient(loss_config).to(device)
@@ -200,7 +269,7 @@ class Trainer:
             self.adaptive.load_state_dict(state["adaptive"])
             self.adaptive_optimizer.load_state_dict(state["adaptive_optimizer"])
         self.step, self.elapsed_s, self.curve = state["step"], state["elapsed_s"], list(state["curve"])
-        self._fit_optimizer_to_device()
+        fit_optimizer_to_device(self.optimizer, self.device)
         self._graph = None  # the optimizer's state tensors are new: capture again
 
     def load_base(self, payload: dict) -> str:
@@ -213,26 +282,11 @@ class Trainer:
             self.optimizer.load_state_dict(payload["optimizer"])
         except (ValueError, KeyError) as error:
             return f"weights loaded; optimizer starts fresh (its saved state does not fit: {error})"
-        self._fit_optimizer_to_device()
+        fit_optimizer_to_device(self.optimizer, self.device)
         return "weights and optimizer state loaded"
 
-    def _fit_optimizer_to_device(self) -> None:
-        """AdamW as this device needs it, whichever device saved its state: on CUDA it keeps its learning
-        rate and step counts in device tensors (`capturable`: a captured step reads the values the
-        scheduler wrote since; an eager step on CUDA does the same, so the two take identical steps);
-        elsewhere in Python floats and CPU tensors, torch's default."""
-        on_device = self.device.type == "cuda"
-        lr = float(self.optimizer.param_groups[0]["lr"])
-        shared_lr = torch.tensor(lr, device=self.device) if on_device else lr  # one tensor for every group
-        for group in self.optimizer.param_groups:
-            group["capturable"] = on_device
-            group["lr"] = shared_lr
-        for state in self.optimizer.state.values():
-            if "step" in state:
-                state["step"] = state["step"].to(self.device if on_device else "cpu", torch.float32)
-
     # --- the loop --------------------------------------------------------------------------------------
-    def _local_batch(self, step: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def local_batch(self, step: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's share of `rows`, the global batch of `step`: tokens (B, W) and abacus offsets (B,),
         on the CPU.
 
@@ -249,23 +303,13 @@ class Trainer:
         width = self.train_tokens.shape[1] if self.graphed else int(self.train_lengths[rows].max())
         return self.train_tokens[rows, :width], offsets[mine]
 
-    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.device.type == "cuda":  # pinned: the copy is queued behind the running step, not waited for
-            return tensor.pin_memory().to(self.device, non_blocking=True)
-        return tensor.to(self.device)
-
-    def _autocast(self):
-        if self.device.type == "cuda":  # no weight cache when captured: a cached cast would outlive its context
-            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=not self.graphed)
-        return contextlib.nullcontext()
-
     def update(self, tokens: torch.Tensor, offsets: torch.Tensor) -> LossTerms:
         """One optimisation step on a batch already on the device: forward, losses, backward, clipping,
         AdamW. No host synchronisation, so a CUDA graph can capture it (`CapturedStep`)."""
         batch = batch_from_tokens(tokens)
         coefficient = entropy_coefficient(self.loss_config, self.adaptive)
         needs_hidden = self.loss_config.continuity_weight > 0
-        with self._autocast():
+        with training_autocast(self.device, self.graphed):
             output = self.wrapped(tokens[:, :-1], return_hidden=needs_hidden, abacus_offset=offsets)
             logits, hidden = output if needs_hidden else (output, None)
             terms = compute_losses(logits.float(), hidden, tokens[:, 1:], batch["answer_mask"], batch["valid_mask"],
@@ -281,13 +325,13 @@ class Trainer:
         Its loss terms wait on the device until `flush_log`."""
         self.wrapped.train()
         rows = self.sampler.indices(self.step)
-        tokens, offsets = self._local_batch(self.step, rows)
+        tokens, offsets = self.local_batch(self.step, rows)
         if self.graphed:
             if self._graph is None:
                 self._graph = CapturedStep(self, tokens.to(self.device), offsets.to(self.device))
             terms, vector = self._graph.replay(tokens, offsets)
         else:
-            terms = self.update(self._to_device(tokens), self._to_device(offsets))
+            terms = self.update(to_device(tokens, self.device), to_device(offsets, self.device))
             vector = terms.as_vector()
         self.scheduler.step()
         if self.adaptive is not None:  # the global mean entropy, still on the device
@@ -311,25 +355,12 @@ class Trainer:
         values = global_average(torch.stack([vector for _, vector in self._pending])).tolist()  # one host sync
         self._pending = []
         rows = {step: logged_terms(row) for step, row in zip(steps, values, strict=True)}
-        for step, row in rows.items():
-            for name in ("ce_loss", "entropy_loss", "continuity_loss", "loss"):
-                if not math.isfinite(row[name]):
-                    raise TrainingDiverged(f"{name} became {row[name]} at step {step}")
+        raise_if_diverged(rows)
         return rows
 
     def validate(self) -> dict[str, float]:
-        """On the whole val split: loss, exact match, answer entropy per step (bits), and the continuity
-        readings of the representation the continuity loss acts on (`measure.continuity_stats`: its
-        mean l2 norm, l2 and cosine continuity), logged whatever continuity weight and metric train."""
-        self.model.eval()
-        stats = teacher_forced_stats(self.model, self.val_texts, self.device, batch_size=512)
-        exact = greedy_exact_match(self.model, self.val_texts, batch_size=512)
-        continuity = continuity_stats(self.model, self.val_texts, self.device, self.loss_config.continuity_on,
-                                      self.loss_config.continuity_positions, batch_size=512)
-        row = {"val_loss": stats.ce_nats, "val_exact_match": exact,
-               **{f"val_{name}": value for name, value in continuity.items()}}
-        row.update({f"entropy_step_{k}": bits for k, bits in enumerate(stats.entropy_bits_by_step)})
-        return row
+        """`validation_row` of this run's model on its val split."""
+        return validation_row(self.model, self.val_texts, self.loss_config, self.device)
 
     def current_lr(self) -> float:
         """The learning rate of the next step, from the schedule on the host (the optimizer's may be a
@@ -359,8 +390,7 @@ class Trainer:
         def evaluate(logged: dict[str, float]) -> None:
             nonlocal window_tokens, window_start, clock
             tokens_per_s = window_tokens / (time.perf_counter() - window_start) if window_tokens else math.nan
-            row = {"step": self.step, "tokens_per_s": tokens_per_s, "lr": self.current_lr(),
-                   **{key: logged.get(key, math.nan) for key in CURVE_LOSS_COLUMNS}, **self.validate()}
+            row = curve_row(self.step, tokens_per_s, self.current_lr(), logged, self.validate())
             self.elapsed_s += time.perf_counter() - clock
             clock = time.perf_counter()
             row["wall_time_s"] = self.elapsed_s
@@ -395,11 +425,7 @@ class Trainer:
                 bar.close()
                 raise TrainingInterrupted(signum)
         bar.close()
-        curve = pd.DataFrame(self.curve)  # empty on ranks other than 0
-        first = ["step", "wall_time_s", "tokens_per_s", "lr", *CURVE_LOSS_COLUMNS, "val_loss", "val_exact_match"]
-        if not curve.empty:
-            curve = curve[first + [c for c in curve.columns if c not in first]]
-        return TrainResult(self.model, curve)
+        return TrainResult(self.model, curve_frame(self.curve))  # empty on ranks other than 0
 
 
 class CapturedStep:
@@ -412,7 +438,9 @@ class CapturedStep:
     to what they were before them. Every replay is therefore a step taken from the same state as the
     eager loop would take it, and a resumed run, which captures afresh, replays the same graph from
     the restored state: bit-exact resume. The scheduler and the adaptive entropy coefficient update
-    outside the graph, in place, where the replays read them.
+    outside the graph, in place, where the replays read them. `trainer` may be any object with a `model`,
+    an `optimizer` and an `update(tokens, offsets)` whose result has `as_vector()`: `batched.BatchedTrainer`
+    captures its K runs' step through it too.
     """
 
     WARMUP_STEPS = 3

@@ -80,7 +80,7 @@ def test_flush_log_gives_every_step_since_the_last_read_and_the_terms_of_a_direc
     rows = run.flush_log()
     assert list(rows) == [1, 2, 3] and run.flush_log() == {}
     # the logged values of a step are its LossTerms' global means: recompute step 4 by hand from a copy
-    tokens, offsets = run._local_batch(run.step, run.sampler.indices(run.step))
+    tokens, offsets = run.local_batch(run.step, run.sampler.indices(run.step))
     copy = Trainer(SMALL_MODEL, run.loss_config, run.config, 0, texts(200), texts(20, seed=1), torch.device("cpu"))
     copy.restore(torch.load(io.BytesIO(saved(run.state())), weights_only=True))
     expected = copy.update(tokens, offsets).logged()

@@ -141,6 +141,39 @@ def preflight(params: Params, base: Path | None) -> tuple[dict | None, dict[str,
     return base_payload, splits, tracking.connect(params.mlflow.experiment)
 
 
+def log_run_inputs(params: Params, splits: dict[str, pd.DataFrame], threads: int) -> None:
+    """Into the open MLflow run: every param (and the thread count `train.threads` resolved to) and every split."""
+    tracking.log_params({**params.flat(), RESOLVED_THREADS_PARAM: threads})
+    for name, frame in splits.items():
+        tracking.log_dataset(frame, split_path(params.paths.data, name), name)
+
+
+def log_training_terms(step: int, values: dict[str, float]) -> None:
+    """The training loss terms and learning rate of `step` (`Trainer.fit`'s on_log), the finite ones."""
+    tracking.log_metrics({k: v for k, v in values.items() if math.isfinite(v)}, step=step)
+
+
+def log_validation(row: dict[str, float]) -> None:
+    """A curve row's validation readings (`Trainer.fit`'s on_eval); its training terms and lr go through
+    `log_training_terms` (every train.log_every steps)."""
+    validation = {k: v for k, v in row.items() if k not in ("step", "lr", *CURVE_LOSS_COLUMNS)}
+    tracking.log_metrics({k: v for k, v in validation.items() if math.isfinite(v)}, step=int(row["step"]))
+
+
+def write_trained_model(params: Params, trainer: Trainer, curve: pd.DataFrame, run_id: str, threads: int) -> Path:
+    """The curve and the model (weights, optimizer state, vocabulary, params, run id) replace the old pair
+    together, and go to the open MLflow run as artifacts; returns the model's path."""
+    model_path, curve_path = Path(params.paths.model), Path(params.paths.metrics) / "train_curve.csv"
+    with output_set([curve_path, model_path]) as staged:
+        curve.to_csv(staged(curve_path), index=False)
+        save_checkpoint(staged(model_path), {
+            **model_payload(trainer.model), "optimizer": trainer.optimizer.state_dict(), "vocab": tokenizer.VOCAB,
+            "params": params.flat(), "mlflow_run_id": run_id, "steps": trainer.step, "threads": threads})
+    tracking.log_artifact(str(curve_path))
+    tracking.log_artifact(str(model_path), artifact_path="checkpoint")
+    return model_path
+
+
 @interruptible
 def run_training(params: Params, base: Path | None = None, wait: bool = False) -> Path:
     """The train stage: fresh, resumed or continued (`base`) training, logged to MLflow; returns the model path.
@@ -167,13 +200,8 @@ def run_training(params: Params, base: Path | None = None, wait: bool = False) -
         why = f"continuing from --base {base}: {trainer.load_base(base_payload)}"
     run_id = state.get("mlflow_run_id") if state else None
 
-    def on_log(step: int, values: dict[str, float]) -> None:
-        tracking.log_metrics({k: v for k, v in values.items() if math.isfinite(v)}, step=step)
-
     def on_eval(row: dict[str, float]) -> None:
-        # the training terms and lr go to MLflow through on_log (every train.log_every steps), the rest here
-        validation = {k: v for k, v in row.items() if k not in ("step", "lr", *CURVE_LOSS_COLUMNS)}
-        tracking.log_metrics({k: v for k, v in validation.items() if math.isfinite(v)}, step=int(row["step"]))
+        log_validation(row)
         if not sys.stderr.isatty():
             print(f"step {int(row['step'])}/{params.train.steps}  loss {row['loss']:.4f}  "
                   f"val_loss {row['val_loss']:.4f}  val_exact_match {row['val_exact_match']:.4f}  "
@@ -191,13 +219,13 @@ def run_training(params: Params, base: Path | None = None, wait: bool = False) -
         run_id = tracking.start_run(experiment_id, run_id=run_id, tags=tracking.run_tags(params.flat()))
     try:
         if dist_info.is_main:
-            tracking.log_params({**params.flat(), RESOLVED_THREADS_PARAM: threads})
-            if not resumed:
-                for name, frame in splits.items():
-                    tracking.log_dataset(frame, split_path(params.paths.data, name), name)
+            if resumed:  # the splits are logged already, and log_params skips the params it holds
+                tracking.log_params({**params.flat(), RESOLVED_THREADS_PARAM: threads})
+            else:
+                log_run_inputs(params, splits, threads)
                 on_checkpoint(trainer.state())  # the run id is on disk from the start: a kill resumes this run
         with StopSignals() as stop:
-            result = trainer.fit(on_eval, on_checkpoint, stop, on_log)
+            result = trainer.fit(on_eval, on_checkpoint, stop, log_training_terms)
     except TrainingInterrupted as interrupted:
         if dist_info.is_main:
             tracking.end_run(status="KILLED")
@@ -214,14 +242,7 @@ def run_training(params: Params, base: Path | None = None, wait: bool = False) -
 
     model_path = Path(params.paths.model)
     if dist_info.is_main:
-        curve_path = Path(params.paths.metrics) / "train_curve.csv"
-        with output_set([curve_path, model_path]) as staged:  # the curve and the model replace the old pair together
-            result.curve.to_csv(staged(curve_path), index=False)
-            save_checkpoint(staged(model_path), {
-                **model_payload(result.model), "optimizer": trainer.optimizer.state_dict(), "vocab": tokenizer.VOCAB,
-                "params": params.flat(), "mlflow_run_id": run_id, "steps": trainer.step, "threads": threads})
-        tracking.log_artifact(str(curve_path))
-        tracking.log_artifact(str(model_path), artifact_path="checkpoint")
+        write_trained_model(params, trainer, result.curve, run_id, threads)
         tracking.end_run()
         resume_path.unlink(missing_ok=True)  # finished: the next run of this stage starts fresh
     release_train_lock(lock)
