@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from language_entropy.entropy import entropy_from_log_probs, entropy_from_logits, to_bits
 from language_entropy.errors import UserError
-from language_entropy.params import LossConfig
+from language_entropy.params import LossConfig, RLConfig
 from language_entropy.tokenizer import PAD_ID
 
 # ----------------------------------------------------------------------------------------------
@@ -178,10 +178,11 @@ class AdaptiveEntropyCoefficient(nn.Module):
     (``terms.logged()["entropy_bits"]``): identical on every rank, so log_alpha stays in sync
     without DDP. Keep it out of the model's optimizer; `configure_optimizer()` gives its own Adam
     (lr loss.entropy_coef_lr). `state_dict()` (log_alpha) is weights_only-safe, as is the
-    optimizer's.
+    optimizer's. `config` is the supervised loss's section or RL's (`rl.entropy_target`, `rl.entropy_coef_init`,
+    `rl.entropy_coef_lr`: the same keys), whose entropy is that of the sampled answers' tokens.
     """
 
-    def __init__(self, config: LossConfig):
+    def __init__(self, config: LossConfig | RLConfig):
         super().__init__()
         if config.entropy_target is None:
             raise ValueError("AdaptiveEntropyCoefficient needs loss.entropy_target")
@@ -201,8 +202,9 @@ class AdaptiveEntropyCoefficient(nn.Module):
         return self.log_alpha * (entropy.detach() - self.target)
 
 
-def entropy_coefficient(config: LossConfig, adaptive: AdaptiveEntropyCoefficient | None = None):
-    """The coefficient `compute_losses` takes: the adaptive one when there is one, else entropy_weight."""
+def entropy_coefficient(config: LossConfig | RLConfig, adaptive: AdaptiveEntropyCoefficient | None = None):
+    """The coefficient of the entropy term (`compute_losses`, the RL objective): the adaptive one when there is
+    one, else the section's entropy_weight."""
     return adaptive.coefficient() if adaptive is not None else config.entropy_weight
 
 

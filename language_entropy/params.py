@@ -244,6 +244,88 @@ class MlflowConfig:
                      "must be a non-empty name without '/' (it names reports/<study>/) or null", self.study)
 
 
+RL_REWARDS = ("exact", "digits")
+RL_LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
+RL_TOKEN_MASKS = ("none", "top_entropy", "bottom_entropy")
+RL_COV_CONTROLS = ("none", "clip_cov", "kl_cov")
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    """Policy-gradient fine-tuning of the trained model with a verifiable reward (finetune stage, docs/rl.md).
+
+    The entropy controls reuse the supervised loss's names and sign convention: entropy_weight > 0
+    penalises entropy, < 0 is a bonus; entropy_target (bits) makes the coefficient a learned bonus.
+    """
+
+    steps: int = 100  # 0: the trained model passes through unchanged
+    seed: int = 0  # RL's own random streams (prompt order, samples, Clip-Cov picks); `seed` made the model
+    prompts_per_step: int = 32  # P
+    samples_per_prompt: int = 8  # G: answers sampled per prompt, one group
+    minibatches: int = 1  # optimizer updates per pass over a step's samples (whole groups each)
+    ppo_epochs: int = 1  # passes over a step's samples
+    temperature: float = 1.0  # sampling temperature; the policy is softmax(logits / temperature)
+    lr: float = 3e-4
+    grad_clip: float = 1.0
+    reward: str = "exact"  # "exact": 1 for the exact answer ending in EOS; "digits": per-position partial credit
+    scale_rewards: bool = False  # divide each group's advantages by its reward std (GRPO); false: Dr. GRPO
+    loss_type: str = "dapo"  # aggregation as TRL's loss_type: grpo, dapo, dr_grpo
+    clip_low: float = 0.2  # ratio clipped to [1 - clip_low, 1 + clip_high]
+    clip_high: float = 0.28  # DAPO's clip-higher: larger than clip_low
+    kl_coef: float = 0.0  # beta of the k3 KL estimate to the trained (reference) model
+    entropy_weight: float = 0.0  # as loss.entropy_weight: > 0 penalises entropy, < 0 is a bonus
+    entropy_target: float | None = None  # bits; when set, the coefficient is a learned bonus (SAC-style)
+    entropy_coef_init: float = 0.01
+    entropy_coef_lr: float = 0.01
+    token_mask: str = "none"  # top_entropy: gradient on the top entropy quantile only; bottom_entropy: on the rest
+    token_mask_quantile: float = 0.2  # the fraction of highest-entropy tokens top_entropy keeps
+    cov_control: str = "none"  # Cui et al. 2025: clip_cov or kl_cov on high-covariance tokens
+    clip_cov_ratio: float = 0.02  # fraction of tokens whose gradient Clip-Cov detaches
+    clip_cov_low: float = 1.0  # the covariance band Clip-Cov picks from
+    clip_cov_high: float = 5.0
+    kl_cov_ratio: float = 0.02  # fraction of tokens (largest covariance) KL-Cov penalises
+    kl_cov_coef: float = 1.0
+    digits: DigitRange = DigitRange(4, 4)  # operand lengths of the RL prompts (data.operations)
+    prompt_size: int = 20_000  # RL prompt split
+    val_size: int = 500  # RL validation split: greedy exact match every eval_every steps
+    eval_every: int = 25
+    log_every: int = 5
+    checkpoint_every: int = 25
+
+    def __post_init__(self):
+        _require(self.steps >= 0, "steps", "must be >= 0", self.steps)
+        _require(self.samples_per_prompt >= 2, "samples_per_prompt",
+                 "must be >= 2 (a group needs two answers for a baseline)", self.samples_per_prompt)
+        for name in ("prompts_per_step", "minibatches", "ppo_epochs", "prompt_size", "val_size", "eval_every",
+                     "log_every", "checkpoint_every"):
+            _require(getattr(self, name) >= 1, name, "must be >= 1", getattr(self, name))
+        _require(self.prompts_per_step % self.minibatches == 0, "minibatches",
+                 f"must divide rl.prompts_per_step ({self.prompts_per_step}): a minibatch holds whole groups",
+                 self.minibatches)
+        _require(self.temperature > 0, "temperature", "must be > 0 (the policy samples)", self.temperature)
+        _require(self.lr > 0, "lr", "must be > 0", self.lr)
+        _require(self.grad_clip > 0, "grad_clip", "must be > 0", self.grad_clip)
+        _require(self.reward in RL_REWARDS, "reward", f"must be one of {list(RL_REWARDS)}", self.reward)
+        _require(self.loss_type in RL_LOSS_TYPES, "loss_type", f"must be one of {list(RL_LOSS_TYPES)}",
+                 self.loss_type)
+        _require(0.0 <= self.clip_low < 1.0, "clip_low", "must be in [0, 1)", self.clip_low)
+        _require(self.clip_high >= 0.0, "clip_high", "must be >= 0", self.clip_high)
+        _require(self.kl_coef >= 0.0, "kl_coef", "must be >= 0", self.kl_coef)
+        if self.entropy_target is not None:
+            _require(self.entropy_target >= 0, "entropy_target", "must be >= 0 bits or null", self.entropy_target)
+        _require(self.entropy_coef_init > 0, "entropy_coef_init", "must be > 0", self.entropy_coef_init)
+        _require(self.entropy_coef_lr > 0, "entropy_coef_lr", "must be > 0", self.entropy_coef_lr)
+        _require(self.token_mask in RL_TOKEN_MASKS, "token_mask", f"must be one of {list(RL_TOKEN_MASKS)}",
+                 self.token_mask)
+        _require(0.0 < self.token_mask_quantile <= 1.0, "token_mask_quantile", "must be in (0, 1]",
+                 self.token_mask_quantile)
+        _require(self.cov_control in RL_COV_CONTROLS, "cov_control", f"must be one of {list(RL_COV_CONTROLS)}",
+                 self.cov_control)
+        _require(0.0 < self.clip_cov_ratio <= 1.0, "clip_cov_ratio", "must be in (0, 1]", self.clip_cov_ratio)
+        _require(self.clip_cov_high > self.clip_cov_low, "clip_cov_high", f"must be > rl.clip_cov_low "
+                 f"({self.clip_cov_low})", self.clip_cov_high)
+        _require(0.0 < self.kl_cov_ratio <= 1.0, "kl_cov_ratio", "must be in (0, 1]", self.kl_cov_ratio)
+        _require(self.kl_cov_coef >= 0.0, "kl_cov_coef", "must be >= 0", self.kl_cov_coef)
 
 
 @dataclass(frozen=True)
@@ -279,6 +361,7 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     viz: VizConfig = field(default_factory=VizConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
@@ -290,6 +373,10 @@ class Params:
         _require(self.model.max_seq_len >= longest, "model.max_seq_len",
                  f"must be >= {longest} to hold the longest problem ({op} of {digits}-digit operands, its answer, "
                  "bos, eos and a spare generation step)", self.model.max_seq_len)
+        longest, op = max((longest_sequence(op, self.rl.digits.max), op) for op in self.data.operations)
+        _require(longest <= self.model.max_seq_len, "rl.digits.max",
+                 f"must fit the model's positions: {op} of {self.rl.digits.max}-digit operands needs {longest} "
+                 f"tokens, above model.max_seq_len ({self.model.max_seq_len})", self.rl.digits.max)
         if not isinstance(self.loss.continuity_on, str):
             _require(self.loss.continuity_on <= self.model.n_layer, "loss.continuity_on",
                      f"must be a hidden-state index 0..model.n_layer ({self.model.n_layer})", self.loss.continuity_on)
