@@ -28,6 +28,7 @@ TINY_OVERRIDES = {
     "eval": {"semantic_problems": 8, "semantic_samples": 4, "temperatures": [0.0, 1.0], "batch_size": 64},
     "viz": {"trajectories": 4, "layers": [0, 1], "dpi": 40},
     "mlflow": {"experiment": "tiny"},
+    "rl": {"steps": 0, "prompt_size": 200, "val_size": 40, "digits": {"min": 3, "max": 3}},  # tests/test_finetune.py
 }
 
 

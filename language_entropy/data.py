@@ -16,10 +16,11 @@ import pandas as pd
 
 from language_entropy import tokenizer
 from language_entropy.errors import UserError
-from language_entropy.params import DataConfig
+from language_entropy.params import DataConfig, RLConfig
 from language_entropy.problems import INT64_SAFE_DIGITS, draw_problems, exact_answers, reorder_answer, space_size
 
 SPLITS = ("train", "val", "test", "ood")
+RL_SPLITS = ("rl_prompts", "rl_val")  # the finetune stage's prompts and its held-out validation (`rl.digits`)
 COLUMNS = ["a", "op", "b", "answer", "a_digits", "b_digits", "text"]
 
 
@@ -62,9 +63,13 @@ def with_text(problems: pd.DataFrame, reverse: bool) -> pd.DataFrame:
                          "b_digits": problems["b_digits"], "text": text})[COLUMNS]
 
 
-def generate_splits(config: DataConfig, seed: int) -> dict[str, pd.DataFrame]:
-    """train, val, test (in-distribution lengths) and ood (`ood_digits` lengths), pairwise disjoint."""
-    in_rng, ood_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+def generate_splits(config: DataConfig, seed: int, rl: RLConfig | None = None) -> dict[str, pd.DataFrame]:
+    """train, val, test (in-distribution lengths) and ood (`ood_digits` lengths), pairwise disjoint; with `rl`
+    also rl_prompts and rl_val (`rl.digits` lengths), disjoint from each other and from the four.
+
+    Each family of splits has a random stream of its own (children of one SeedSequence), and the RL splits
+    are drawn last: adding them, or changing rl.*, leaves the bytes of the first four unchanged."""
+    in_rng, ood_rng, rl_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
     sizes = {"val": config.val_size, "test": config.test_size, "train": config.train_size}
     in_dist = _draw_distinct(in_rng, config.operations, config.digits, sum(sizes.values()), None,
                              "train + val + test")
@@ -75,7 +80,14 @@ def generate_splits(config: DataConfig, seed: int) -> dict[str, pd.DataFrame]:
     bounds = np.cumsum([0, *sizes.values()])
     splits = {name: in_dist.iloc[lo:hi] for name, lo, hi in zip(sizes, bounds[:-1], bounds[1:], strict=True)}
     splits["ood"] = ood
-    return {name: with_text(splits[name].reset_index(drop=True), config.reverse_answer) for name in SPLITS}
+    if rl is not None:
+        drawn = _draw_distinct(rl_rng, config.operations, rl.digits, rl.prompt_size + rl.val_size,
+                               pd.concat([in_dist, ood], ignore_index=True),
+                               "rl_prompts + rl_val (rl.prompt_size + rl.val_size)")
+        drawn = drawn.iloc[rl_rng.permutation(len(drawn))]  # as above: no bucket goes to one split first
+        splits["rl_prompts"], splits["rl_val"] = drawn.iloc[:rl.prompt_size], drawn.iloc[rl.prompt_size:]
+    names = [*SPLITS, *(RL_SPLITS if rl is not None else ())]
+    return {name: with_text(splits[name].reset_index(drop=True), config.reverse_answer) for name in names}
 
 
 def split_path(data_dir: str | Path, split: str) -> Path:

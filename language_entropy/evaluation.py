@@ -143,6 +143,16 @@ def _auroc(name: str, scores, wrong, seed: int, groups=None, strata=None) -> tup
     return {name: result.value, f"{name}.ci_low": low, f"{name}.ci_high": high}, result.reason or withheld
 
 
+def operand_length_rates(frame: pd.DataFrame, right) -> dict[str, dict[str, float]]:
+    """Exact match per operand length: for each L, the problems whose longer operand has L digits (so every
+    problem counts once; on OOD 4 and 5 read the RL-trained length and the never-trained one apart), as
+    {str(L): {n, exact_match, exact_match.ci_low, exact_match.ci_high}}."""
+    right = np.asarray(right, dtype=bool)
+    length = np.maximum(frame["a_digits"].to_numpy(), frame["b_digits"].to_numpy())
+    return {str(int(L)): {"n": int((length == L).sum()), **_rate("exact_match", right[length == L])}
+            for L in np.unique(length)}
+
+
 def _breakdown(problems: pd.DataFrame, tokens: pd.DataFrame, key: str, temperatures: tuple[float, ...],
                bins: int) -> dict[str, dict]:
     """Per value of `key` (op or bucket): accuracy, entropy, perplexity, calibration and temperature curve."""
@@ -331,6 +341,7 @@ def evaluate_split(model: ArithmeticDecoder, frame: pd.DataFrame, theory: pd.Dat
                            config.batch_size),
         "continuity_representation": f"{continuity_on}, {continuity_positions} positions",
         "per_operation": per_operation,
+        "per_operand_length": operand_length_rates(problems, problems["right"]),
         "per_bucket": _breakdown(problems, forced, "bucket", config.temperatures, config.calibration_bins),
         "temperature": temperature_summary,
         "semantic": {"problems": len(semantic), "samples": config.semantic_samples,
@@ -385,7 +396,9 @@ def headline(report: dict[str, dict]) -> dict[str, dict[str, float | None]]:
     (the report's other sections, e.g. ``digit_geometry``, are not splits):
     exact match with its Wilson 95% interval and per operation, mean answer entropy (bits), the greedy
     answers' sequence ECE and perplexity; on OOD also the AUROCs of the three error detectors (None where
-    undefined). Every one of them is also in the full report (eval.json)."""
+    undefined) and exact match per operand length (`exact_match_<L>_digits`), beside the trained model's before
+    RL fine-tuning where the report holds it (`exact_match_<L>_digits_before_rl`). Every one of them is also in
+    the full report (eval.json)."""
     top = {}
     for split, numbers in ((split, report[split]) for split in SPLIT_NAMES if split in report):
         entry = {"exact_match": numbers["exact_match"], "exact_match_ci_low": numbers["exact_match.ci_low"],
@@ -395,5 +408,9 @@ def headline(report: dict[str, dict]) -> dict[str, dict[str, float | None]]:
                      perplexity=numbers["perplexity"])
         if split == "test_ood":
             entry.update({f"auroc_{name}": numbers["auroc"].get(name) for name in HEADLINE_AUROCS})
+            for when, rates in (("", numbers["per_operand_length"]),
+                                ("_before_rl", numbers.get("before_rl", {}).get("per_operand_length", {}))):
+                entry.update({f"exact_match_{length}_digits{when}": rate["exact_match"]
+                              for length, rate in rates.items()})
         top[split] = entry
     return top

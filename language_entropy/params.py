@@ -345,6 +345,7 @@ class PathsConfig:
 
     data: str = "data"
     model: str = "models/model.pt"
+    finetuned: str = "models/finetuned.pt"  # the finetune stage's model: what evaluate and visualize measure
     resume: str = "checkpoints"  # outside the stage's outs, so DVC does not delete the resume state
     metrics: str = "metrics"
     plots: str = "plots"

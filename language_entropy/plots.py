@@ -403,3 +403,98 @@ def plot_temperature(temperature: pd.DataFrame, path: str | Path, dpi: int = 110
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return save_figure(fig, path, dpi)
+
+
+# ----------------------------------------------------------------------------- RL fine-tuning
+
+NATS_PER_BIT = float(np.log(2.0))
+
+
+def plot_rl_entropy_accuracy(rl_curve: pd.DataFrame, fit: Mapping[str, float], path: str | Path,
+                             dpi: int = 110) -> Path:
+    """Validation exact match against the policy's entropy during RL, one point per validation (coloured by
+    step), with the least-squares curve R = -a exp(H) + b of Cui et al. 2025 (H in nats, drawn over bits) and
+    its predicted ceiling b - a, the exact match at entropy 0: what this run can still reach by collapsing.
+
+    rl_curve: metrics/rl_curve.csv (step, entropy_bits, val_exact_match). fit: metrics/rl_fit.json (a, b,
+    ceiling; NaN or missing draws no curve).
+    """
+    _require_columns(rl_curve, ["step", "entropy_bits", "val_exact_match"], "rl_curve")
+    points = rl_curve.dropna(subset=["entropy_bits", "val_exact_match"])
+    fig, axes = new_figure(1, 1, (7.5, 5.0))
+    ax = axes[0, 0]
+    drawn = ax.scatter(points["entropy_bits"], points["val_exact_match"], c=points["step"], cmap="viridis", zorder=3)
+    fig.colorbar(drawn, ax=ax, label="RL step")
+    a, b = (np.nan if fit.get(key) is None else float(fit[key]) for key in ("a", "b"))  # None: no fit
+    if np.isfinite(a) and np.isfinite(b) and len(points):
+        bits = np.linspace(0.0, 1.2 * float(points["entropy_bits"].max()), 200)
+        ax.plot(bits, -a * np.exp(bits * NATS_PER_BIT) + b, color="black",
+                label=f"fit R = -{a:.3g} exp(H) + {b:.3g} (H in nats)")
+        ax.axhline(b - a, color="black", linestyle=":", label=f"predicted ceiling (H = 0): {b - a:.3f}")
+    ax.set_xlabel("policy entropy of the sampled answer tokens (bits)")
+    ax.set_ylabel("greedy exact match on the RL validation split")
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title("RL: validation accuracy against policy entropy")
+    return save_figure(fig, path, dpi)
+
+
+def plot_rl_entropy_by_step(by_step: pd.DataFrame, path: str | Path, dpi: int = 110) -> Path:
+    """Entropy per answer step of the model before and after RL fine-tuning (teacher-forced on the RL
+    validation problems, temperature 1) beside the digit-blind level of the same problems (NaN: none known).
+
+    by_step: columns step, before_bits, after_bits, digit_blind_running_bits.
+    """
+    _require_columns(by_step, ["step", "before_bits", "after_bits", "digit_blind_running_bits"], "by_step")
+    fig, axes = new_figure(1, 1, (7.5, 4.5))
+    ax = axes[0, 0]
+    rows = by_step.sort_values("step")
+    for column, label, style in (("before_bits", "trained model (before RL)", "-"),
+                                 ("after_bits", "fine-tuned model (after RL)", "-"),
+                                 ("digit_blind_running_bits", f"{DIGIT_BLIND} (answers still running)", "--")):
+        ax.plot(rows["step"], rows[column], linestyle=style, marker="o" if style == "-" else None, label=label)
+    ax.set_xlabel("answer step (token index after '=')")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _entropy_axis(ax, "entropy (bits)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Entropy per answer step on the RL validation problems, before and after RL")
+    return save_figure(fig, path, dpi)
+
+
+def plot_rl_curves(rl_curve: pd.DataFrame, path: str | Path, dpi: int = 110) -> Path:
+    """Reward and exact match (sampled, and greedy on validation), the policy's entropy (mean and per answer
+    step) and Cui et al.'s covariance term over RL steps.
+
+    rl_curve: metrics/rl_curve.csv.
+    """
+    _require_columns(rl_curve, ["step", "reward", "sample_exact_match", "val_exact_match", "entropy_bits",
+                                "covariance"], "rl_curve")
+    fig, axes = new_figure(1, 3, (15.0, 4.2))
+    rewards, entropy, covariance = axes[0]
+    for column, label in (("reward", "mean reward of the samples"), ("sample_exact_match", "samples exactly right"),
+                          ("val_exact_match", "greedy exact match, RL validation")):
+        measured = rl_curve[["step", column]].dropna()
+        rewards.plot(measured["step"], measured[column], marker="o", markersize=3, label=label)
+    rewards.set_ylabel("fraction")
+    rewards.legend(fontsize=8)
+    cmap = colormaps["viridis"]
+    steps = entropy_step_columns(rl_curve)
+    for i, (k, column) in enumerate(steps):
+        measured = rl_curve[["step", column]].dropna()
+        entropy.plot(measured["step"], measured[column], color=cmap(i / max(len(steps) - 1, 1)), linewidth=1,
+                     label=f"answer step {k}")
+    measured = rl_curve[["step", "entropy_bits"]].dropna()
+    entropy.plot(measured["step"], measured["entropy_bits"], color="black", linewidth=2, label="mean")
+    _entropy_axis(entropy, "policy entropy of the samples (bits)")
+    entropy.legend(fontsize=7, ncol=2)
+    measured = rl_curve[["step", "covariance"]].dropna()
+    covariance.plot(measured["step"], measured["covariance"], marker="o", markersize=3, color="tab:red")
+    covariance.axhline(0.0, color="grey", linewidth=1)
+    covariance.set_ylabel("Cov(log-probability, advantage) over tokens")
+    for ax in axes[0]:
+        ax.set_xlabel("RL step")
+        ax.grid(alpha=0.3)
+    fig.suptitle("RL fine-tuning: reward, entropy (the exploration budget) and the covariance that drives it")
+    return save_figure(fig, path, dpi)

@@ -34,9 +34,11 @@ import torch.nn.functional as F
 
 from language_entropy import tokenizer
 from language_entropy.entropy import entropy_from_log_probs, to_bits
+from language_entropy.errors import UserError
+from language_entropy.generation import generate_batches
 from language_entropy.losses import AdaptiveEntropyCoefficient, entropy_coefficient, high_entropy_mask
 from language_entropy.measure import expected_answers, generation_prompts, greedy_exact_match
-from language_entropy.model import ArithmeticDecoder, generate_batches
+from language_entropy.model import ArithmeticDecoder
 from language_entropy.params import RLConfig
 from language_entropy.training import BatchSampler, seeded_generator
 
@@ -278,6 +280,10 @@ def fit_entropy_ceiling(entropy_nats, accuracy) -> dict[str, float]:
 # The fine-tuner
 
 
+class FineTuneDiverged(UserError):
+    """The policy's scores became NaN or infinite."""
+
+
 @dataclass
 class FineTuneResult:
     model: ArithmeticDecoder
@@ -336,12 +342,14 @@ class FineTuner:
     def entropy_coef(self):
         return entropy_coefficient(self.config, self.adaptive)
 
-    def train_step(self) -> dict[str, float]:
-        """Sample, reward, update; returns the step's readings (floats): reward, sample_exact_match, entropy_bits
-        (mean over the sampled tokens, before the update), entropy_step_<k> (per answer step), covariance (Cui et
-        al.'s term: the batch covariance of log-probability and advantage), clip_fraction, kl (k3 to the
-        reference), no_signal_groups (groups whose rewards are all equal), masked_fraction (tokens the token mask
-        or Clip-Cov takes out of the policy gradient), entropy_coef, answer_length, step_ms."""
+    def train_step(self, update: bool = True) -> dict[str, float]:
+        """Sample, reward, update (or, with `update` False, only measure: the step count stays); returns the step's
+        readings (floats): reward, sample_exact_match, entropy_bits (mean over the sampled tokens, before the
+        update), entropy_step_<k> (per answer step), covariance (Cui et al.'s term: the batch covariance of
+        log-probability and advantage), clip_fraction, kl (k3 to the reference), no_signal_groups (groups whose
+        rewards are all equal), masked_fraction (tokens the token mask or Clip-Cov takes out of the policy
+        gradient), entropy_coef, answer_length, step_ms. Raises `FineTuneDiverged` when the policy went
+        non-finite."""
         config, G = self.config, self.config.samples_per_prompt
         started = time.perf_counter()
         rows = self.sampler.indices(self.step)  # (P,) prompt indices
@@ -354,19 +362,19 @@ class FineTuner:
         advantages = group_advantages(rewards, G, config.scale_rewards).to(self.device)
         mask = rollout.mask.to(self.device)  # (N, S)
 
-        updates = config.ppo_epochs * config.minibatches
+        updates = config.ppo_epochs * config.minibatches if update else 0
         old_logp = old_entropy = None
-        if updates > 1:  # the policy that sampled, before any update of this step
+        if updates != 1:  # the policy that sampled, before any update of this step
             with torch.no_grad():
                 old_logp, old_entropy = policy_scores(self.policy, rollout, config.temperature)
         ref_logp = None
-        if config.kl_coef > 0 or self.logged_after(self.step + 1):  # else the reference runs for the reading only
+        if config.kl_coef > 0 or self.logged_after(self.step + int(update)):  # else only for the reading
             with torch.no_grad():
                 ref_logp, _ = policy_scores(self.reference, rollout, config.temperature)
         coefficient = self.entropy_coef()
-        clip_binds, masked = [], []
+        clip_count = masked_count = torch.zeros((), device=self.device)  # tokens, over every update
         per_batch = len(rows) // config.minibatches * G  # answers per minibatch: whole groups
-        for epoch in range(config.ppo_epochs):
+        for epoch in range(config.ppo_epochs if update else 0):
             for first in range(0, len(repeated), per_batch):
                 part = slice(first, first + per_batch)
                 logp, entropy = policy_scores(self.policy, rollout, config.temperature, part)
@@ -374,17 +382,16 @@ class FineTuner:
                     old_logp, old_entropy = logp.detach(), entropy.detach()
                 loss, clipped, kept = self._loss(logp, entropy, old_logp[part], advantages[part], mask[part],
                                                  None if ref_logp is None else ref_logp[part], coefficient,
-                                                 seeded_generator(config.seed, f"clip-cov {epoch}", self.step * 1000
-                                                                  + first))
+                                                 seeded_generator(config.seed, f"clip-cov {epoch} {first}", self.step))
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), config.grad_clip)
                 self.optimizer.step()
-                clip_binds.append((clipped & mask[part]).sum())
-                masked.append((mask[part] & ~kept).sum())
+                clip_count = clip_count + (clipped & mask[part]).sum()
+                masked_count = masked_count + (mask[part] & ~kept).sum()
 
         entropy_bits = to_bits(masked_mean(old_entropy, mask))
-        if self.adaptive is not None:  # toward the target: the mean entropy of the sampled tokens, in bits
+        if self.adaptive is not None and update:  # toward the target: the mean entropy of the sampled tokens, in bits
             self.adaptive_optimizer.zero_grad(set_to_none=True)
             self.adaptive.loss(entropy_bits).backward()
             self.adaptive_optimizer.step()
@@ -396,14 +403,17 @@ class FineTuner:
             "reward": float(rewards.mean()), "sample_exact_match": float(exact.mean()),
             "entropy_bits": float(entropy_bits),
             "covariance": float(masked_mean(token_covariance(old_logp, advantages, mask), mask)),
-            "clip_fraction": float(torch.stack(clip_binds).sum()) / (tokens * config.ppo_epochs),
+            "clip_fraction": float(clip_count) / (tokens * config.ppo_epochs),  # 0 when only measured
             "kl": float(masked_mean(k3_kl(old_logp, ref_logp), mask)) if ref_logp is not None else math.nan,
             "no_signal_groups": float((groups == groups[:, :1]).all(dim=1).float().mean()),
-            "masked_fraction": float(torch.stack(masked).sum()) / (tokens * config.ppo_epochs),
+            "masked_fraction": float(masked_count) / (tokens * config.ppo_epochs),
             "entropy_coef": float(coefficient), "answer_length": tokens / len(repeated),
             **{f"entropy_step_{k}": float(bits) if mask[:, k].any() else math.nan for k, bits in enumerate(by_step)},
         }
-        self.step += 1
+        if not math.isfinite(readings["entropy_bits"]):
+            raise FineTuneDiverged(f"the policy's entropy became {readings['entropy_bits']} at rl step {self.step}: "
+                                   "lower rl.lr")
+        self.step += int(update)
         readings["step_ms"] = 1000 * (time.perf_counter() - started)
         return readings
 
@@ -444,10 +454,10 @@ class FineTuner:
     def fit(self, on_log: Callable[[dict[str, float]], None], on_checkpoint: Callable[[dict], None],
             stop_requested: Callable[[], int | None]) -> FineTuneResult:
         """Fine-tune from the current step to rl.steps. Every rl.log_every steps (and at the last) a curve row of
-        the step's readings goes to `on_log`; every rl.eval_every steps (step 0, before any update, included) it
-        also holds val_exact_match. `on_checkpoint(state)` every rl.checkpoint_every steps and when
-        `stop_requested()` returns a signal number, after which `fit` returns early (the caller checks
-        `self.step`)."""
+        the step's readings goes to `on_log`; every rl.eval_every steps it also holds val_exact_match. Step 0 is
+        the trained model, measured on step 0's samples without an update. `on_checkpoint(state)` every
+        rl.checkpoint_every steps and when `stop_requested()` returns a signal number, after which `fit` returns
+        early (the caller checks `self.step`)."""
         config = self.config
         clock = time.perf_counter()
 
@@ -462,7 +472,7 @@ class FineTuner:
             on_log(row)
 
         if self.step == 0 and not self.curve:
-            record({})
+            record(self.train_step(update=False))  # the trained model's readings: the curve's first point
         while self.step < config.steps:
             readings = self.train_step()
             if self.logged_after(self.step):

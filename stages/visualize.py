@@ -1,4 +1,4 @@
-"""visualize stage: trajectories, digit geometry, entropy dynamics, training and calibration figures.
+"""visualize stage: trajectories, digit geometry, entropy dynamics, training, calibration and RL figures.
 
 Reads the viz, data, train (device, threads), mlflow and paths sections.
 """
@@ -13,8 +13,8 @@ from language_entropy.pipeline.cli import run_stage, stage_params, stage_parser
 
 def main() -> None:
     parser = stage_parser(__doc__)
-    parser.add_argument("--base", type=Path, help="checkpoint to draw (default: paths.model), with its own model "
-                                                  "config where that differs from params")
+    parser.add_argument("--base", type=Path, help="checkpoint to draw (default: paths.finetuned), with its own "
+                                                  "model config where that differs from params")
     args = parser.parse_args()
     params = stage_params(args)
     from language_entropy.pipeline.visualize import run_visualization  # after the thread count is fixed

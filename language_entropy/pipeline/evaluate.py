@@ -15,10 +15,17 @@ from language_entropy.data import prompt_of, read_split
 from language_entropy.digit_geometry import digit_embeddings, digit_geometry
 from language_entropy.entropy import entropy_bits_from_probs
 from language_entropy.errors import UserError
-from language_entropy.evaluation import SPLIT_NAMES, evaluate_split, flatten_numbers, headline, problem_table
+from language_entropy.evaluation import (
+    SPLIT_NAMES,
+    evaluate_split,
+    flatten_numbers,
+    headline,
+    operand_length_rates,
+    problem_table,
+)
 from language_entropy.generation import generate_batched
 from language_entropy.learning_speed import learning_speed
-from language_entropy.measure import expected_answers, generation_prompts
+from language_entropy.measure import expected_answers, generation_prompts, greedy_right
 from language_entropy.model import ArithmeticDecoder
 from language_entropy.params import LossConfig, Params
 from language_entropy.pipeline import tracking
@@ -75,7 +82,8 @@ CURVE_FILE = "train_curve.csv"  # the train stage's curve, read for the learning
 @interruptible
 def run_evaluation(params: Params, checkpoint: Path, samples: int | None, verbosity: int, adhoc: bool = False,
                    as_is: bool = False) -> dict:
-    """The evaluate stage: measure the checkpoint on test and OOD, write metrics, log to its MLflow run.
+    """The evaluate stage: measure the checkpoint (the fine-tuned model) on test and OOD, and the trained model's
+    greedy OOD exact match per operand length (before RL), write metrics, log to its MLflow run.
 
     `adhoc` (any of --samples, --base, --verbose): the files go to a new folder under reports/adhoc/ and
     the numbers to a separate MLflow run tagged `adhoc`, never to the pipeline's outputs or run. `as_is`
@@ -83,8 +91,8 @@ def run_evaluation(params: Params, checkpoint: Path, samples: int | None, verbos
     samples = samples if samples is not None else params.eval.samples
     if samples is not None and samples <= 0:
         raise UserError(f"--samples must be >= 1 (got {samples})")
-    if not checkpoint.exists() and checkpoint == Path(params.paths.model):
-        raise UserError(f"{checkpoint} not found: run `dvc repro train` first")
+    if not checkpoint.exists() and checkpoint == Path(params.paths.finetuned):
+        raise UserError(f"{checkpoint} not found: run `dvc repro finetune` first")
     payload = load_checkpoint(checkpoint)
     logged_params = checkpoint_params(params, payload, checkpoint, as_is)
     metrics_dir = adhoc_folder("evaluate") if adhoc else Path(params.paths.metrics)
@@ -127,11 +135,21 @@ def run_evaluation(params: Params, checkpoint: Path, samples: int | None, verbos
                   f"AUROC(semantic entropy) {summary['auroc']['semantic_entropy']}")
 
     # readings of the model rather than of a split: the digit embeddings' geometry, and how fast the pipeline's
-    # own model learned (its train curve; an ad-hoc checkpoint's curve is not at hand)
+    # own model learned (its train curve, also of the fine-tuned model: the training it started from; an ad-hoc
+    # checkpoint's curve is not at hand)
     report["digit_geometry"] = digit_geometry(digit_embeddings(model))
     curve = Path(params.paths.metrics) / CURVE_FILE
-    if checkpoint == Path(params.paths.model) and curve.exists():
+    if checkpoint in (Path(params.paths.model), Path(params.paths.finetuned)) and curve.exists():
         report["learning"] = learning_speed(pd.read_csv(curve))
+
+    trained = Path(params.paths.model)
+    if not adhoc and checkpoint != trained and trained.exists():  # the model RL started from, on the same problems
+        ood = frames["test_ood"].iloc[:samples].reset_index(drop=True)
+        before = load_model(load_checkpoint(trained), device).eval()
+        before.graphed_generation = params.train.cuda_graphs
+        right = greedy_right(before, ood["text"].tolist(), params.eval.batch_size)
+        report["test_ood"]["before_rl"] = {"model": str(trained),
+                                           "per_operand_length": operand_length_rates(ood, right)}
 
     written = [metrics_dir / name for name in OUTPUT_FILES]
     top = headline(report)

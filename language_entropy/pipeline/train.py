@@ -114,11 +114,12 @@ def save_resume_state(path: Path, state: dict, fingerprint: str, run_id: str | N
     save_checkpoint(path, {**state, "fingerprint": fingerprint, "mlflow_run_id": run_id, "threads": threads})
 
 
-def run_fingerprint(trajectory_params: dict, data_files: list[Path], base: Path | None, root: Path = ROOT) -> str:
-    """Hash of everything that decides the weights: the params, the data bytes, the code the train stage runs
+def run_fingerprint(trajectory_params: dict, data_files: list[Path], base: Path | None, root: Path = ROOT,
+                    script: str = TRAIN_SCRIPT) -> str:
+    """Hash of everything that decides the weights: the params, the data bytes, the code the stage `script` runs
     (exactly its DVC deps: editing evaluation or plotting code keeps an interrupted run resumable)."""
     digest = hashlib.sha256(json.dumps(trajectory_params, sort_keys=True, default=str).encode())
-    code = [root / path for path in stage_files(TRAIN_SCRIPT, root)]
+    code = [root / path for path in stage_files(script, root)]
     for path in [*data_files, *code, *([base] if base else [])]:
         digest.update(path.read_bytes())
     return digest.hexdigest()

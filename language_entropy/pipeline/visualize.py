@@ -16,7 +16,7 @@ from language_entropy.digit_geometry import digit_embeddings
 from language_entropy.errors import UserError
 from language_entropy.evaluation import SPLIT_NAMES, digit_blind_levels
 from language_entropy.generation import generate_batched
-from language_entropy.measure import generation_prompts, greedy_right
+from language_entropy.measure import generation_prompts, greedy_right, teacher_forced_stats
 from language_entropy.model import ArithmeticDecoder
 from language_entropy.params import Params
 from language_entropy.pipeline import tracking
@@ -27,7 +27,8 @@ from language_entropy.problems import reorder_answer
 from language_entropy.theory import load_theoretical_entropy
 
 FIGURES = ["trajectories.png", "digit_geometry.png", "entropy_by_step.png", "entropy_during_training.png",
-           "training_curves.png", "reliability.png", "temperature.png"]
+           "training_curves.png", "reliability.png", "temperature.png", "rl_entropy_accuracy.png",
+           "rl_entropy_by_step.png", "rl_curves.png"]
 
 
 def pick_problems(frame: pd.DataFrame, right: pd.Series, count: int) -> pd.DataFrame:
@@ -63,15 +64,37 @@ def collect_trajectories(model: ArithmeticDecoder, frame: pd.DataFrame, layers: 
     return trajectories
 
 
+def rl_entropy_by_step(before: ArithmeticDecoder, after: ArithmeticDecoder, problems: pd.DataFrame,
+                       theory: pd.DataFrame) -> pd.DataFrame:
+    """Mean teacher-forced entropy per answer step of the model before and after RL on `problems`, beside their
+    digit-blind level (NaN where the theory table holds none of their buckets: rl.digits outside the data's)."""
+    texts = problems["text"].tolist()
+    device = next(after.parameters()).device
+    by_step = {name: teacher_forced_stats(model, texts, device).tokens.groupby("step")["entropy_bits"].mean()
+               for name, model in (("before_bits", before), ("after_bits", after))}
+    table = pd.DataFrame(by_step).rename_axis("step").reset_index()
+    try:
+        reference = digit_blind_levels(theory, problems, [])[["step", "digit_blind_running_bits"]]
+    except UserError:
+        reference = pd.DataFrame({"step": table["step"], "digit_blind_running_bits": float("nan")})
+    return table.merge(reference, on="step", how="left")
+
+
 def headline_lines(summary: dict[str, dict]) -> list[str]:
     """metrics/summary.json as a few lines for the end of `dvc repro`."""
     lines = []
     for split, numbers in summary.items():
         operations = "  ".join(f"{key.removeprefix('exact_match_')} {value:.4f}" for key, value in numbers.items()
-                               if key.startswith("exact_match_") and not key.startswith("exact_match_ci"))
+                               if key.startswith("exact_match_") and not key.startswith("exact_match_ci")
+                               and "_digits" not in key)
         line = (f"{split:<9} exact match {numbers['exact_match']:.4f} [{numbers['exact_match_ci_low']:.4f}, "
                 f"{numbers['exact_match_ci_high']:.4f}]  {operations}  entropy {numbers['mean_entropy_bits']:.4f} bits"
                 f"  sequence ECE {numbers['sequence_ece']:.4f}  perplexity {numbers['perplexity']:.4f}")
+        before = {key: value for key, value in numbers.items() if key.endswith("_digits_before_rl")}
+        if before:  # exact match per operand length, before -> after RL
+            line += "  RL " + "  ".join(
+                f"{key.removeprefix('exact_match_').removesuffix('_before_rl').replace('_', ' ')} {value:.4f} -> "
+                f"{numbers[key.removesuffix('_before_rl')]:.4f}" for key, value in before.items())
         aurocs = {key.removeprefix("auroc_"): value for key, value in numbers.items() if key.startswith("auroc_")}
         if aurocs:
             line += "  AUROC " + " ".join(f"{name} {'undefined' if value is None else f'{value:.3f}'}"
@@ -80,27 +103,29 @@ def headline_lines(summary: dict[str, dict]) -> list[str]:
     return lines
 
 
-def read_report(path: Path) -> dict:
-    """metrics/eval.json, or a one-line error saying which stage makes it."""
+def read_report(path: Path, stage: str = "evaluate") -> dict:
+    """A JSON metrics file (metrics/eval.json, ...), or a one-line error saying which stage makes it."""
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise UserError(f"{path} not found: run `dvc repro evaluate` first") from None
+        raise UserError(f"{path} not found: run `dvc repro {stage}` first") from None
     except json.JSONDecodeError as error:
-        raise UserError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}): run `dvc repro evaluate`") \
+        raise UserError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}): run `dvc repro {stage}`") \
             from None
 
 
 @interruptible
 def run_visualization(params: Params, base: Path | None = None) -> list[Path]:
     """Draw every figure into `paths.plots` and log them to the model's MLflow run. `base`: the checkpoint
-    to draw instead of paths.model, used with its own model config when that differs from params; such a
+    to draw instead of paths.finetuned, used with its own model config when that differs from params; such a
     run is ad hoc: its figures go to a new folder under reports/adhoc/ and a separate MLflow run tagged
     `adhoc`, never to the pipeline's plots or run."""
     adhoc = base is not None
-    checkpoint = base or Path(params.paths.model)
+    checkpoint = base or Path(params.paths.finetuned)
     if not checkpoint.exists() and base is None:
-        raise UserError(f"{checkpoint} not found: run `dvc repro train` first")
+        raise UserError(f"{checkpoint} not found: run `dvc repro finetune` first")
+    if not Path(params.paths.model).exists():
+        raise UserError(f"{params.paths.model} not found: run `dvc repro train` first")
     payload = load_checkpoint(checkpoint)
     logged_params = checkpoint_params(params, payload, checkpoint, as_is=base is not None)
     model = load_model(payload, select_device(params.train.device)).eval()
@@ -113,13 +138,16 @@ def run_visualization(params: Params, base: Path | None = None) -> list[Path]:
     clean_leftovers(params)
     tables = {}
     for name, stage in (("train_curve", "train"), ("entropy_by_step", "evaluate"),
-                        ("sequence_reliability", "evaluate"), ("temperature", "evaluate")):
+                        ("sequence_reliability", "evaluate"), ("temperature", "evaluate"), ("rl_curve", "finetune")):
         path = metrics / f"{name}.csv"
         if not path.exists():
             raise UserError(f"{path} not found: run `dvc repro {stage}` first")
         tables[name] = pd.read_csv(path)
     report = read_report(metrics / "eval.json")
     summary = read_report(metrics / "summary.json")
+    fit = read_report(metrics / "rl_fit.json", "finetune")
+    trained = load_model(load_checkpoint(params.paths.model), model.tok_emb.weight.device).eval()
+    rl_val = read_split(params.paths.data, "rl_val", params.data.reverse_answer)
     theory = load_theoretical_entropy(metrics / "theoretical_entropy.csv")
     # validation entropy per step is a mean over every val answer still running: the matching reference
     # mixes the val split's buckets (both operations) with the same weights
@@ -140,6 +168,10 @@ def run_visualization(params: Params, base: Path | None = None) -> list[Path]:
         plots.plot_reliability(tables["sequence_reliability"], staged(out / "reliability.png"), dpi,
                                ece={split: report[split]["sequence_ece"] for split in SPLIT_NAMES if split in report})
         plots.plot_temperature(tables["temperature"], staged(out / "temperature.png"), dpi)
+        plots.plot_rl_entropy_accuracy(tables["rl_curve"], fit, staged(out / "rl_entropy_accuracy.png"), dpi)
+        plots.plot_rl_entropy_by_step(rl_entropy_by_step(trained, model, rl_val, theory),
+                                      staged(out / "rl_entropy_by_step.png"), dpi)
+        plots.plot_rl_curves(tables["rl_curve"], staged(out / "rl_curves.png"), dpi)
     if adhoc:
         tracking.start_adhoc_run(experiment_id, logged_params, stage="visualize", source=str(checkpoint))
         print(f"ad-hoc figures written to {out}/ (the pipeline's plots and MLflow run are untouched)", file=sys.stderr)
