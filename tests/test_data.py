@@ -15,7 +15,7 @@ from language_entropy import tokenizer
 from language_entropy.batches import encode_batch
 from language_entropy.data import DataSpaceError, generate_splits
 from language_entropy.errors import ParamsError
-from language_entropy.params import DataConfig, DigitRange, Params
+from language_entropy.params import DataConfig, DigitRange, Params, RLConfig
 from language_entropy.problems import draw_problems, reorder_answer, space_size
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,7 +139,8 @@ def run_stage(tmp_path: Path, seed: int, run_seed: int = 0, data_seed: int | Non
 
 def test_stage_output_is_byte_identical_across_runs(tmp_path):
     first, second = run_stage(tmp_path, 1), run_stage(tmp_path, 2)
-    assert list(first) == ["ood.parquet", "test.parquet", "train.parquet", "val.parquet"]
+    assert list(first) == ["ood.parquet", "rl_prompts.parquet", "rl_val.parquet", "test.parquet", "train.parquet",
+                           "val.parquet"]
     assert first == second
     frame = pd.read_parquet(tmp_path / "data1" / "train.parquet")
     assert list(frame.columns) == ["a", "op", "b", "answer", "a_digits", "b_digits", "text"]
@@ -161,3 +162,24 @@ def test_every_split_sees_the_small_buckets_in_proportion():
     # all 100 one-digit additions exist once in the pool of 24000: each split holds about 100/24000 of its rows
     assert sum(round(share * len(splits[name])) for name, share in shares.items()) == 100
     assert 0.6 * 100 / 24000 < shares["train"] < 1.4 * 100 / 24000
+
+
+def test_rl_splits_are_disjoint_from_every_split_and_leave_their_bytes_unchanged():
+    config = DataConfig(train_size=3000, val_size=100, test_size=100, ood_size=300)
+    plain = generate_splits(config, seed=0)
+    rl = RLConfig(digits=DigitRange(4, 4), prompt_size=2000, val_size=200)
+    with_rl = generate_splits(config, seed=0, rl=rl)
+    other_rl = generate_splits(config, seed=0, rl=RLConfig(digits=DigitRange(3, 4), prompt_size=500, val_size=50))
+    for name in plain:  # the RL splits are drawn last, from a stream of their own
+        assert with_rl[name].equals(plain[name]) and other_rl[name].equals(plain[name])
+    assert len(with_rl["rl_prompts"]) == 2000 and len(with_rl["rl_val"]) == 200
+    assert set(with_rl["rl_val"]["a_digits"]) == set(with_rl["rl_val"]["b_digits"]) == {4}
+
+    def keys(frame):
+        return set(zip(frame["op"], frame["a"], frame["b"], strict=True))
+
+    for splits in (with_rl, other_rl):
+        rl_keys = [keys(splits["rl_prompts"]), keys(splits["rl_val"])]
+        assert not rl_keys[0] & rl_keys[1]
+        for name in plain:  # the OOD split holds 4-digit problems too: none of them is an RL prompt
+            assert not (rl_keys[0] | rl_keys[1]) & keys(splits[name]), name

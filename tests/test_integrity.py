@@ -336,7 +336,8 @@ def test_a_checkpoint_of_another_model_config_is_refused_unless_base(project):
     write_params(project, {"model": {"n_embd": 64}}, "other.yaml")
     for name in ("evaluate", "visualize"):
         line = one_line_error(stage(project, name, "--params", "other.yaml", check=False))
-        assert "models/model.pt was trained with another model config than params (model.n_embd: 32 -> 64)" in line
+        assert "models/finetuned.pt was trained with another model config than params (model.n_embd: 32 -> 64)" \
+            in line
     runs_before = runs_of(project)
     metrics_before = snapshot(project / "metrics")
     stage(project, "evaluate", "--params", "other.yaml", "--base", "models/model.pt")
