@@ -210,7 +210,7 @@ def batched_seeds_figures(device: torch.device, runs: int, steps: int | None = N
     return figures
 
 
-REPRO_STAGES = ("generate-data", "compute-theoretical-entropy", "train", "evaluate", "visualize")
+REPRO_STAGES = ("generate-data", "compute-theoretical-entropy", "train", "finetune", "evaluate", "visualize")
 
 
 def default_repro_s(smoke: bool) -> dict[str, float]:

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_startup.py [--smoke]
 
-Runs the pipeline's five stages one after another in a scratch repository (the shipped params.yaml;
+Runs the pipeline's six stages one after another in a scratch repository (the shipped params.yaml;
 `--smoke`: a pipeline of seconds), each as `python -X importtime stages/<stage>.py`, whose stderr
 times every import as the stage makes it (lazy ones included). Per stage: wall seconds, import
 seconds (the top-level imports' cumulative times) and their share. MLflow's set-up is timed apart in
@@ -28,7 +28,7 @@ import bench_sweep  # noqa: E402
 from scratch import make_project, run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["generate_data", "compute_theoretical_entropy", "train", "evaluate", "visualize"]
+STAGES = ["generate_data", "compute_theoretical_entropy", "train", "finetune", "evaluate", "visualize"]
 MLFLOW_SETUP = """
 import json, sys, time
 start = time.perf_counter()
@@ -77,6 +77,8 @@ def stage_startup(smoke: bool) -> dict[str, float]:
             imports = import_seconds(done.stderr)
             figures.update({f"startup_{stage}_wall_s": wall, f"startup_{stage}_imports_s": imports,
                             f"startup_{stage}_imports_share": imports / wall})
+        repro = sum(figures[f"startup_{stage}_wall_s"] for stage in STAGES)
+        figures["finetune_share_of_repro"] = figures["startup_finetune_wall_s"] / repro  # the issue's bound: 1/4
         (project / "mlflow.db").unlink()  # the stages made it: the first set-up below creates a new one
         for store in ("fresh_store", "existing_store"):
             _, done = timed([sys.executable, "-c", MLFLOW_SETUP], project)

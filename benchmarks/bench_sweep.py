@@ -43,6 +43,7 @@ SMALL = {  # a pipeline of seconds per stage: 1-2 digit add/sub, a small model
     "eval": {"semantic_problems": 50, "semantic_samples": 4, "temperatures": [0.0, 1.0]},
     "viz": {"trajectories": 4, "layers": [0, 2], "dpi": 40},
     "mlflow": {"experiment": "sweep-benchmark"},
+    "rl": {"steps": 0, "prompt_size": 2000, "val_size": 100, "digits": {"min": 3, "max": 3}},  # a training sweep
 }
 
 

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bench_gpu
 import bench_model
 import bench_race
+import bench_rl
 import bench_startup
 import bench_sweep
 import bench_theory
@@ -96,6 +97,7 @@ def main() -> None:
     figures["generate_tokens_per_s_recompute"] = decoding["decode_recompute_tokens_per_s"]
     figures["eval_default_s"], figures["eval_default_model"] = bench_gpu.eval_default_s("cpu", False, repeats,
                                                                                       args.smoke)
+    figures.update(bench_rl.bench_rl_step(repeats, smoke=args.smoke))
     if args.smoke or not args.skip_time_to_99:
         figures.update(bench_race.race(mingpt=args.mingpt, smoke=args.smoke))
     if not args.skip_startup:

@@ -258,17 +258,17 @@ class RLConfig:
     penalises entropy, < 0 is a bonus; entropy_target (bits) makes the coefficient a learned bonus.
     """
 
-    steps: int = 100  # 0: the trained model passes through unchanged
+    steps: int = 125  # 0: the trained model passes through unchanged
     seed: int = 0  # RL's own random streams (prompt order, samples, Clip-Cov picks); `seed` made the model
-    prompts_per_step: int = 32  # P
+    prompts_per_step: int = 16  # P
     samples_per_prompt: int = 8  # G: answers sampled per prompt, one group
     minibatches: int = 1  # optimizer updates per pass over a step's samples (whole groups each)
     ppo_epochs: int = 1  # passes over a step's samples
-    temperature: float = 1.0  # sampling temperature; the policy is softmax(logits / temperature)
+    temperature: float = 1.5  # sampling temperature; the policy is softmax(logits / temperature)
     lr: float = 3e-4
     grad_clip: float = 1.0
     reward: str = "exact"  # "exact": 1 for the exact answer ending in EOS; "digits": per-position partial credit
-    scale_rewards: bool = False  # divide each group's advantages by its reward std (GRPO); false: Dr. GRPO
+    scale_rewards: bool = True  # divide each group's advantages by its reward std (GRPO); false: Dr. GRPO
     loss_type: str = "dapo"  # aggregation as TRL's loss_type: grpo, dapo, dr_grpo
     clip_low: float = 0.2  # ratio clipped to [1 - clip_low, 1 + clip_high]
     clip_high: float = 0.28  # DAPO's clip-higher: larger than clip_low

@@ -19,8 +19,9 @@ KEYS = {"cpu_cores", "torch_version", "race", "race_params",
         "eval_default_s", "time_to_99_add3_s", "sweep_4_runs_recipe_s",
         "sweep_4_runs_speedup_vs_sequential_same_threads", "sweep_4_runs_weights_identical_to_alone",
         "startup_train_wall_s", "startup_train_imports_s", "mlflow_fresh_store_connect_s",
-        "mlflow_existing_store_connect_s", "mlflow_existing_store_run_s"}
-STAGES = ("generate_data", "compute_theoretical_entropy", "train", "evaluate", "visualize")
+        "mlflow_existing_store_connect_s", "mlflow_existing_store_run_s", "rl_step_ms", "train_step_ms",
+        "rl_step_vs_train_step", "finetune_share_of_repro"}
+STAGES = ("generate_data", "compute_theoretical_entropy", "train", "finetune", "evaluate", "visualize")
 
 
 @pytest.mark.slow

@@ -199,7 +199,7 @@ def test_entropy_ceiling_fit_recovers_the_curve_and_matches_a_linear_fit_in_exp_
     ({"reward": "partial"}, "reward must be one of ['exact', 'digits'] (got 'partial')"),
     ({"loss_type": "bnpo"}, "loss_type must be one of ['grpo', 'dapo', 'dr_grpo'] (got 'bnpo')"),
     ({"token_mask": "high"}, "token_mask must be one of"),
-    ({"minibatches": 3}, "minibatches must divide rl.prompts_per_step (32)"),
+    ({"minibatches": 3}, "minibatches must divide rl.prompts_per_step (16)"),
 ])
 def test_bad_rl_params_are_one_line_naming_the_key(values, message):
     with pytest.raises(ParamsError) as caught:
