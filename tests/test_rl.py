@@ -223,7 +223,7 @@ TEXTS = with_text(draw_problems(np.random.default_rng(0), ("add",), DigitRange(1
 def tiny_tuner(**values) -> rl.FineTuner:
     torch.manual_seed(0)
     config = RLConfig(**{"prompts_per_step": 8, "samples_per_prompt": 4, "lr": 1e-2, "reward": "digits",
-                         "log_every": 1, "eval_every": 100, **values})
+                         "temperature": 1.0, "scale_rewards": False, "log_every": 1, "eval_every": 100, **values})
     return rl.FineTuner(ArithmeticDecoder(TINY_MODEL), config, TEXTS, TEXTS[:8], torch.device("cpu"))
 
 
