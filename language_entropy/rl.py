@@ -305,8 +305,6 @@ class FineTuner:
         self.config, self.device = config, device
         self.policy = copy.deepcopy(model).to(device).eval()
         self.reference = copy.deepcopy(model).to(device).eval().requires_grad_(False)
-        self.policy.graphed_generation = self.reference.graphed_generation = model.graphed_generation
-        self.policy._captured_generation = self.reference._captured_generation = None  # graphs of their own
         # Adam without weight decay: decay would pull the weights toward 0, away from the trained model
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=config.lr, weight_decay=0.0)
         self.adaptive = None

@@ -241,7 +241,7 @@ def stage(cwd: Path, name: str, *args: str, check: bool = True, env: dict | None
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     project = make_project(tmp_path_factory.mktemp("integrity") / "project", TINY_PARAMS)
-    for name in ("generate_data", "compute_theoretical_entropy", "train", "evaluate", "visualize"):
+    for name in ("generate_data", "compute_theoretical_entropy", "train", "finetune", "evaluate", "visualize"):
         stage(project, name)
     return project
 
