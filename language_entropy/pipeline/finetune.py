@@ -119,7 +119,8 @@ def run_finetune(params: Params, wait: bool = False) -> Path:
     lock = hold_train_lock(Path(params.paths.resume), wait=wait)
     clean_leftovers(params, writers_gone=True)  # the lock is ours: no one else writes checkpoints here
     threads = torch.get_num_threads()  # fixed by the stage from train.threads before any work
-    trajectory = {key: value for key, value in params.flat().items() if key.startswith("rl.")}
+    trajectory = {key: value for key, value in params.flat().items()  # what decides the weights, as train's
+                  if key.startswith("rl.") or key in ("train.device", "train.cuda_graphs")}
     fingerprint = run_fingerprint(trajectory,
                                   [trained, *(split_path(params.paths.data, name) for name in RL_SPLITS)],
                                   None, script=FINETUNE_SCRIPT)
