@@ -76,12 +76,13 @@ def _blame(ratios: dict[str, float]) -> str:
 
 def memory_estimate(params: Params) -> dict[str, dict[str, tuple[float, str]]]:
     """Per stage, its terms: name -> (bytes, the params key that most makes it large)."""
-    m, d, t, e = params.model, params.data, params.train, params.eval
-    model0, train0, eval0 = type(m)(), type(t)(), type(e)()  # the defaults: a term blames the key that grew most
+    m, d, t, e, r = params.model, params.data, params.train, params.eval, params.rl
+    model0, train0, eval0, rl0 = type(m)(), type(t)(), type(e)(), type(r)()  # defaults: a term blames what grew most
     C, L, H = m.n_embd, m.n_layer, m.n_head
     hidden = m.ffn_width
     train_len = max(longest_sequence(op, d.digits.max) for op in d.operations)
-    eval_len = max(longest_sequence(op, r.max) for op in d.operations for r in (d.digits, d.ood_digits))
+    eval_len = max(longest_sequence(op, digits.max) for op in d.operations for digits in (d.digits, d.ood_digits))
+    rl_len = max(longest_sequence(op, r.digits.max) for op in d.operations)
     table_rows = {"learned": m.max_seq_len, "abacus": m.max_seq_len + m.abacus_max_offset + 1}.get(m.pos_encoding, 0)
     table = table_rows * C + (m.max_seq_len * C // H if m.pos_encoding == "rope" else 0)  # rope: cos/sin buffers
     layers = L * (4 * C * C + 3 * C * hidden + 2 * C) + (VOCAB_SIZE + 1) * C
@@ -102,9 +103,11 @@ def memory_estimate(params: Params) -> dict[str, dict[str, tuple[float, str]]]:
     outputs = n_eval * ((len(e.temperatures) + 1) * SEQUENCE_BYTES + 64 * eval_len)  # sampled rows, token stats
     model_only = (4 * (table + layers), model_key)
     return {
-        "generate-data": {"data": (rows(d.train_size + d.val_size + d.test_size + d.ood_size, eval_len),
-                                   _blame({f"data.{k}": getattr(d, k) for k in ("train_size", "val_size",
-                                                                                "test_size", "ood_size")}))},
+        "generate-data": {"data": (rows(d.train_size + d.val_size + d.test_size + d.ood_size + r.prompt_size
+                                        + r.val_size, max(eval_len, rl_len)),
+                                   _blame({**{f"data.{k}": getattr(d, k) for k in ("train_size", "val_size",
+                                                                                   "test_size", "ood_size")},
+                                           "rl.prompt_size": r.prompt_size, "rl.val_size": r.val_size}))},
         "train": {
             "data": (rows(d.train_size + d.val_size, train_len),
                      "data.train_size" if d.train_size >= d.val_size else "data.val_size"),
@@ -112,6 +115,16 @@ def memory_estimate(params: Params) -> dict[str, dict[str, tuple[float, str]]]:
             "one batch's activations": (
                 t.batch_size / t.nproc_per_node * train_len * (L * layer_floats(train_len) + 8 * VOCAB_SIZE) * 4,
                 _blame({"train.batch_size": t.batch_size / train0.batch_size, **width})),
+        },
+        "finetune": {
+            "data": (rows(r.prompt_size + r.val_size, rl_len),
+                     "rl.prompt_size" if r.prompt_size >= r.val_size else "rl.val_size"),
+            "policy, optimizer and reference": (20 * (table + layers), model_key),
+            "one update's samples": (  # autograd over one minibatch; the step's log-probabilities and entropies
+                r.prompts_per_step * r.samples_per_prompt * rl_len * 4
+                * ((L * layer_floats(rl_len) + 8 * VOCAB_SIZE) / r.minibatches + 4 * VOCAB_SIZE),
+                _blame({"rl.prompts_per_step": r.prompts_per_step / rl0.prompts_per_step,
+                        "rl.samples_per_prompt": r.samples_per_prompt / rl0.samples_per_prompt, **width})),
         },
         "evaluate": {
             "data": (rows(n_eval, eval_len) + outputs, eval_key),

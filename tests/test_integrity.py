@@ -123,6 +123,8 @@ OVERSIZED = {  # the issue's probes, each on the repository's params; each passe
     "model.n_embd": {"model": {"n_embd": 16320}},  # 9.6e9 weights (divisible by the 6 heads, even head size)
     "train.batch_size": {"train": {"batch_size": 10**7}},
     "eval.semantic_samples": {"eval": {"semantic_samples": 10**6}},
+    "rl.samples_per_prompt": {"rl": {"samples_per_prompt": 10**7}},
+    "rl.prompt_size": {"rl": {"prompt_size": 10**9}},
     # 10**6 positions need about 1.4 GB (table, gradients, AdamW): refused under a limit below that
     "model.max_seq_len": {"model": {"max_seq_len": 10**6}, "resources": {"memory_limit_gb": 1}},
 }
