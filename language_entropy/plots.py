@@ -429,7 +429,7 @@ def plot_rl_entropy_accuracy(rl_curve: pd.DataFrame, fit: Mapping[str, float], p
     if np.isfinite(a) and np.isfinite(b) and len(points):
         bits = np.linspace(0.0, 1.2 * float(points["entropy_bits"].max()), 200)
         ax.plot(bits, -a * np.exp(bits * NATS_PER_BIT) + b, color="black",
-                label=f"fit R = -{a:.3g} exp(H) + {b:.3g} (H in nats)")
+                label=f"fit R = {-a:.3g} exp(H) {'+' if b >= 0 else '-'} {abs(b):.3g} (H in nats)")
         ax.axhline(b - a, color="black", linestyle=":", label=f"predicted ceiling (H = 0): {b - a:.3f}")
     ax.set_xlabel("policy entropy of the sampled answer tokens (bits)")
     ax.set_ylabel("greedy exact match on the RL validation split")
