@@ -130,3 +130,26 @@ def test_missing_column_is_named(tmp_path):
     with pytest.raises(ValueError, match="mean_entropy_bits"):
         plots.plot_temperature(pd.DataFrame({"split": ["test"], "temperature": [0.0], "exact_match": [1.0]}),
                                tmp_path / "t.png", dpi=DPI)
+
+
+def _rl_curve() -> pd.DataFrame:
+    steps = np.arange(0, 101, 5)
+    validated = steps % 25 == 0
+    frame = pd.DataFrame({"step": steps, "reward": 0.5 + steps / 400, "sample_exact_match": 0.5 + steps / 400,
+                          "val_exact_match": np.where(validated, 0.55 + steps / 500, np.nan),
+                          "entropy_bits": 0.3 - steps / 1000, "covariance": 0.1 - steps / 2000})
+    for k in range(6):
+        frame[f"entropy_step_{k}"] = 0.3 - steps / 1000 + 0.01 * k
+    return frame
+
+
+@pytest.mark.parametrize("fit", [{"a": 0.3, "b": 1.1}, {"a": None, "b": None}])  # None: no fit (rl_fit.json)
+def test_rl_entropy_accuracy(tmp_path, fit):
+    _assert_png(plots.plot_rl_entropy_accuracy(_rl_curve(), fit, tmp_path / "rl.png", DPI), 7.5, 5.0)
+
+
+def test_rl_entropy_by_step_and_curves(tmp_path):
+    by_step = pd.DataFrame({"step": range(6), "before_bits": 0.1, "after_bits": 0.05,
+                            "digit_blind_running_bits": [3.0, 3.2, 3.2, 3.1, 1.0, np.nan]})
+    _assert_png(plots.plot_rl_entropy_by_step(by_step, tmp_path / "by_step.png", DPI), 7.5, 4.5)
+    _assert_png(plots.plot_rl_curves(_rl_curve(), tmp_path / "curves.png", DPI), 15.0, 4.2)
