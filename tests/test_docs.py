@@ -23,7 +23,7 @@ OTHER_OUTPUTS = ("mlflow.db", "mlartifacts", "reports/adhoc", "dvc_plots")  # cr
 FENCE = re.compile(r"^ *```(\w*)[^\n]*\n(.*?)^ *```", re.MULTILINE | re.DOTALL)
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")  # [text](target) and ![alt](target)
 INLINE_CODE = re.compile(r"`([^`\n]+)`")
-PATTERN = re.compile(r"[<>*{}]|\.\.\.")  # reports/<study>/, plots/*.png, data/{train,val}.parquet
+PATTERN = re.compile(r"[<>*{}$]|\.\.\.")  # reports/<study>/, plots/*.png, data/{train,val}.parquet, "$run/params.yaml"
 TREE_LINE = re.compile(r"^( *)(\S+)")
 
 
