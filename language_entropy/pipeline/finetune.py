@@ -90,13 +90,16 @@ def write_outputs(params: Params, curve: pd.DataFrame, fit: dict, model_file) ->
         model_file(staged(finetuned))
 
 
-def pass_through(params: Params, payload: dict, trained: Path, device) -> Path:
-    """rl.steps 0: the trained model's file, byte for byte, and a curve of its step-0 validation."""
-    splits = {name: read_split(params.paths.data, name, params.data.reverse_answer) for name in RL_SPLITS}
+def fine_tuner(params: Params, payload: dict, splits: dict[str, pd.DataFrame], device) -> FineTuner:
+    """A `FineTuner` of the trained model on the RL prompt and validation splits."""
     model = load_model(payload, device)
-    model.graphed_generation = params.train.cuda_graphs
-    tuner = FineTuner(model, params.rl, splits["rl_prompts"]["text"].tolist(), splits["rl_val"]["text"].tolist(),
-                      device)
+    model.graphed_generation = params.train.cuda_graphs  # acts on CUDA only
+    return FineTuner(model, params.rl, splits["rl_prompts"]["text"].tolist(), splits["rl_val"]["text"].tolist(),
+                     device)
+
+
+def pass_through(params: Params, tuner: FineTuner, trained: Path) -> Path:
+    """rl.steps 0: the trained model's file, byte for byte, and a curve of its step-0 validation."""
     result = tuner.fit(on_log=lambda row: None, on_checkpoint=lambda state: None, stop_requested=lambda: None)
     write_outputs(params, curve_frame(result.curve.to_dict("records")), {"steps": 0, **result.fit},
                   lambda path: shutil.copyfile(trained, path))
@@ -112,9 +115,9 @@ def run_finetune(params: Params, wait: bool = False) -> Path:
                   dirs=[("paths.resume", Path(params.paths.resume)), ("paths.metrics", Path(params.paths.metrics))])
     payload, trained = trained_model(params)
     device = select_device(params.train.device)
-    if params.rl.steps == 0:
-        return pass_through(params, payload, trained, device)
     splits = {name: read_split(params.paths.data, name, params.data.reverse_answer) for name in RL_SPLITS}
+    if params.rl.steps == 0:
+        return pass_through(params, fine_tuner(params, payload, splits, device), trained)
     experiment_id = tracking.connect(params.mlflow.experiment)  # before the work: a bad server fails fast
     lock = hold_train_lock(Path(params.paths.resume), wait=wait)
     clean_leftovers(params, writers_gone=True)  # the lock is ours: no one else writes checkpoints here
@@ -127,10 +130,7 @@ def run_finetune(params: Params, wait: bool = False) -> Path:
     resume_path = resume_checkpoint_path(params, fingerprint, threads)
     state, why = load_resume_state(resume_path, fingerprint, threads)
 
-    model = load_model(payload, device)
-    model.graphed_generation = params.train.cuda_graphs  # acts on CUDA only
-    tuner = FineTuner(model, params.rl, splits["rl_prompts"]["text"].tolist(), splits["rl_val"]["text"].tolist(),
-                      device)
+    tuner = fine_tuner(params, payload, splits, device)
     if state is not None:
         tuner.restore(state)
     run_id = state.get("mlflow_run_id") if state else None
@@ -141,7 +141,7 @@ def run_finetune(params: Params, wait: bool = False) -> Path:
     resumed = run_id is not None
     train_run_id = payload.get("mlflow_run_id")
     tags = tracking.run_tags(params.flat())
-    tags.update(stage="finetune", **({"train_run_id": train_run_id} if train_run_id else {}),
+    tags.update(stage="finetune", **({tracking.TRAIN_RUN_TAG: train_run_id} if train_run_id else {}),
                 **{"mlflow.runName": f"finetune {tags['mlflow.runName']}"})
     run_id = tracking.start_run(experiment_id, run_id=run_id, tags=None if resumed else tags)
 
