@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from language_entropy.errors import UserError
 from language_entropy.measure import continuity_stats, expected_answers, sample_sequences, teacher_forced_stats
 from language_entropy.model import ArithmeticDecoder
 from language_entropy.params import EvalConfig
@@ -366,6 +367,22 @@ PROBLEM_COLUMNS = {  # the per-problem table (metrics/problems.parquet): column 
     "mean_token_entropy_bits": "mean_token_entropy_bits", "semantic_entropy_bits": "semantic_entropy_bits",
     "weighted_semantic_entropy_bits": "weighted_semantic_entropy_bits",
 }
+
+
+def rl_entropy_by_step(before: ArithmeticDecoder, after: ArithmeticDecoder, problems: pd.DataFrame,
+                       theory: pd.DataFrame) -> pd.DataFrame:
+    """Mean teacher-forced entropy per answer step of the model before and after RL on `problems`, beside their
+    digit-blind level (NaN where the theory table holds none of their buckets: rl.digits outside the data's)."""
+    texts = problems["text"].tolist()
+    device = next(after.parameters()).device
+    by_step = {name: teacher_forced_stats(model, texts, device).tokens.groupby("step")["entropy_bits"].mean()
+               for name, model in (("before_bits", before), ("after_bits", after))}
+    table = pd.DataFrame(by_step).rename_axis("step").reset_index()
+    try:
+        reference = digit_blind_levels(theory, problems, [])[["step", "digit_blind_running_bits"]]
+    except UserError:  # no theory for these lengths
+        reference = pd.DataFrame({"step": table["step"], "digit_blind_running_bits": float("nan")})
+    return table.merge(reference, on="step", how="left")
 
 
 def problem_table(problems: pd.DataFrame) -> pd.DataFrame:

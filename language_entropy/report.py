@@ -125,6 +125,30 @@ METRIC_LABELS = {
     "digit_geometry.ring_rank_correlation": "digit embeddings: rank corr. with ring distance",
     "digit_geometry.neighbour_cosine_gap": "digit embeddings: neighbour cosine gap",
 }
+# An RL study (its runs are fine-tuning runs): what it compares, all from the finetune stage's run
+RL_METRICS = (
+    "rl_val_exact_match",  # greedy, the RL validation split: the length RL trained on, held-out problems
+    "test_ood.per_operand_length.4.exact_match",
+    "test_ood.per_operand_length.5.exact_match",
+    "test.exact_match",
+    "rl_entropy_bits",  # the policy's sampled-token entropy at the last step
+    "rl_fit.a",
+    "rl_fit.b",
+    "rl_fit.ceiling",
+    "rl_fit.r2",
+    "rl_fit.early_ceiling",
+    "rl_fit.early_ceiling_error_points",
+    "rl_fit.early_at_final_error_points",
+)
+# Kept per run in seeds.csv and shown, not compared: the fit's inputs and the entropy per answer step
+RL_DESCRIPTIVE = re.compile(r"^rl_fit\.(points|final|final_entropy_bits|early_points|early_a|early_b|early_at_final)$"
+                            r"|^rl_val\.entropy_by_step\.\d+\.(before_bits|after_bits|digit_blind_running_bits)$")
+CURVE_METRICS = ("rl_entropy_bits", "rl_val_exact_match", "rl_reward")  # the curves of an RL study's figures
+# The entropy controls of RL: a fine-tuning configuration's baseline has them at their defaults (or --baseline's)
+RL_CONTROL_PARAMS = ("rl.entropy_weight", "rl.entropy_target", "rl.entropy_coef_init", "rl.entropy_coef_lr",
+                     "rl.token_mask", "rl.token_mask_quantile", "rl.cov_control", "rl.clip_cov_ratio",
+                     "rl.clip_cov_low", "rl.clip_cov_high", "rl.kl_cov_ratio", "rl.kl_cov_coef", "rl.clip_high",
+                     "rl.kl_coef")
 TRAINING_SECTIONS = ("data", "model", "loss", "train")
 # How a run was executed or logged, not what was trained: runs that differ only here are seeds of one configuration.
 EXECUTION_PARAMS = ("train.device", "train.nproc_per_node", "train.compile", "train.cuda_graphs", "train.threads",
@@ -132,14 +156,17 @@ EXECUTION_PARAMS = ("train.device", "train.nproc_per_node", "train.compile", "tr
 # The values each reading can take (regex on the metric name, first match): intervals stay inside them.
 METRIC_RANGES = (
     (r"exact_match$|auroc\.|sequence_ece\.|^learning\.area$", (0.0, 1.0)),
-    (r"mean_entropy_bits$|continuity_l2$|hidden_norm$|^learning\.steps_to_", (0.0, math.inf)),
+    (r"entropy_bits$|continuity_l2$|hidden_norm$|^learning\.steps_to_", (0.0, math.inf)),
     (r"continuity_cosine$", (0.0, 2.0)),  # a cosine distance, 1 - cos
     (r"rank_correlation$|neighbour_cosine$|other_cosine$", (-1.0, 1.0)),
     (r"neighbour_cosine_gap$", (-2.0, 2.0)),
 )
+# How a fine-tuning run was executed or logged, and its RL seed (a seed unit is (seed, rl.seed) there)
+RL_EXECUTION_PARAMS = ("rl.seed", "rl.eval_every", "rl.log_every", "rl.checkpoint_every")
 ALPHA = 0.05  # the level at which a difference counts as surviving a correction
 RESOLVE = 0.05  # the difference the power section sizes a study for, in each metric's units (--resolve)
 DERIVED_FROM = "derived_from"  # column of the runs table: the training run a derived run measured, else ""
+FINE_TUNED = "fine_tuned"  # column of the runs table: a finetune stage's run (an RL study's runs)
 
 # ----------------------------------------------------------------------------- configurations
 
@@ -162,13 +189,27 @@ def _display(value: str) -> float | str:
         return value
 
 
-def training_params(runs: pd.DataFrame) -> pd.DataFrame:
-    """Every training param (data, model, loss, train; not seed, not `EXECUTION_PARAMS`) of every run,
-    normalised strings, a param a run lacks filled with its current default. Columns sorted by name."""
-    defaults = {k: v for k, v in Params().flat().items() if k.split(".")[0] in TRAINING_SECTIONS}
+def is_rl_study(runs: pd.DataFrame) -> bool:
+    """Whether the runs hold fine-tuning runs: then the study compares RL configurations (`rl_runs`)."""
+    return FINE_TUNED in runs.columns and bool(runs[FINE_TUNED].fillna(False).astype(bool).any())
+
+
+def rl_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """An RL study's runs: the fine-tuning runs and the runs derived from them (the training runs they started
+    from measured the model before RL and are left out)."""
+    tuned = runs[FINE_TUNED].fillna(False).astype(bool)
+    derived = runs[DERIVED_FROM].fillna("").isin(set(runs.loc[tuned, "run_id"])) if DERIVED_FROM in runs else False
+    return runs[tuned | derived]
+
+
+def training_params(runs: pd.DataFrame, sections: Sequence[str] = TRAINING_SECTIONS) -> pd.DataFrame:
+    """Every training param (of `sections`: data, model, loss, train, and rl in an RL study; not seed, not
+    `EXECUTION_PARAMS` or `RL_EXECUTION_PARAMS`) of every run, normalised strings, a param a run lacks filled
+    with its current default. Columns sorted by name."""
+    defaults = {k: v for k, v in Params().flat().items() if k.split(".")[0] in sections}
     names = set(defaults) | {c.removeprefix("params.") for c in runs.columns
-                             if c.startswith("params.") and c.split(".")[1] in TRAINING_SECTIONS}
-    names -= set(EXECUTION_PARAMS)
+                             if c.startswith("params.") and c.split(".")[1] in sections}
+    names -= set(EXECUTION_PARAMS) | set(RL_EXECUTION_PARAMS)
     columns = {}
     for name in sorted(names):
         column = runs[f"params.{name}"] if f"params.{name}" in runs.columns else pd.Series(None, index=runs.index)
@@ -183,10 +224,28 @@ def config_key(values: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _baseline_values(values: dict[str, str]) -> dict[str, str]:
-    """The same configuration with every loss param at its default."""
-    defaults = Params().flat()
-    return {k: _normalise(str(defaults[k])) if k.startswith("loss.") and k in defaults else v
+def baseline_overrides(assignments: Sequence[str]) -> dict[str, str]:
+    """``KEY=VALUE`` texts (--baseline) as {key: value}: each key a loss param or an RL entropy control
+    (`RL_CONTROL_PARAMS`), else a one-line error naming it."""
+    known = [k for k in Params().flat() if k.startswith("loss.") or k in RL_CONTROL_PARAMS]
+    overrides = {}
+    for text in assignments:
+        key, equals, value = text.partition("=")
+        if not equals or not value:
+            raise UserError(f"--baseline {text!r}: expected KEY=VALUE, e.g. rl.clip_high=0.2")
+        if key not in known:
+            raise UserError(f"--baseline {key}: not a loss param or an RL entropy control "
+                            f"(one of: {', '.join(known)})")
+        overrides[key] = value
+    return overrides
+
+
+def _baseline_values(values: dict[str, str], overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """The same configuration with every loss param and every RL entropy control (`RL_CONTROL_PARAMS`) at its
+    default, or at the value `overrides` gives it (e.g. ``rl.clip_high`` = 0.2: plain PPO clipping)."""
+    defaults = {k: _normalise(str(v)) for k, v in Params().flat().items()}
+    defaults.update({k: _normalise(v) for k, v in (overrides or {}).items()})
+    return {k: defaults[k] if (k.startswith("loss.") or k in RL_CONTROL_PARAMS) and k in defaults else v
             for k, v in values.items()}
 
 
@@ -206,14 +265,29 @@ def metric_names(runs: pd.DataFrame, metrics: Sequence[str] = METRICS) -> list[s
     return names
 
 
+def _param_column(runs: pd.DataFrame, name: str, default: object) -> list[str]:
+    """Param `name` of every run, normalised, `default` where a run lacks it."""
+    column = f"params.{name}"
+    return [_normalise(v) for v in (runs[column].fillna(str(default)) if column in runs.columns
+                                    else [default] * len(runs))]
+
+
 def seed_units(runs: pd.DataFrame, metrics: Sequence[str]) -> tuple[pd.DataFrame, dict[str, dict[str, str]]]:
     """One row per (configuration, seed): ``config``, ``seed``, ``runs`` (MLflow runs folded in),
     ``run_id`` (the run whose values are used) and each metric (see the module docstring); and
-    each configuration's normalised training params by its digest."""
-    params = training_params(runs)
+    each configuration's normalised training params by its digest. In an RL study (`is_rl_study`) the
+    configuration includes the rl params and the seed is ``<seed>/<rl.seed>``: the trained model and the RL
+    seed, so that runs of two configurations from one trained model and one RL seed pair."""
+    rl = is_rl_study(runs)
+    if rl:
+        runs = rl_runs(runs)
+    params = training_params(runs, (*TRAINING_SECTIONS, "rl") if rl else TRAINING_SECTIONS)
     keys = [config_key(row) for row in params.to_dict("records")]
-    seeds = [_normalise(s) for s in (runs["params.seed"].fillna(str(Params().seed)) if "params.seed" in runs.columns
-                                     else [Params().seed] * len(runs))]
+    seeds = _param_column(runs, "seed", Params().seed)
+    if rl:
+        rl_seeds = _param_column(runs, "rl.seed", Params().rl.seed)
+        seeds = [f"{_value(_display(seed))}/{_value(_display(rl_seed))}"
+                 for seed, rl_seed in zip(seeds, rl_seeds, strict=True)]
     derived_of = runs[DERIVED_FROM].fillna("").astype(str) if DERIVED_FROM in runs.columns else \
         pd.Series("", index=runs.index)
     start = runs["start_time"] if "start_time" in runs.columns else pd.Series(0, index=runs.index)
@@ -269,7 +343,8 @@ def summarise(runs: pd.DataFrame, metrics: Sequence[str] = METRICS, resolve: flo
 def analyse(units: pd.DataFrame | None, configs: dict[str, dict[str, str]], metrics: Sequence[str],
             resolve: float = RESOLVE, counts: pd.DataFrame | None = None,
             stats: dict[str, dict[str, dict]] | None = None,
-            baselines: dict[str, str] | None = None) -> pd.DataFrame:
+            baselines: dict[str, str] | None = None,
+            baseline_overrides: dict[str, str] | None = None) -> pd.DataFrame:
     """One row per configuration: ``config`` (digest), every training param (floats where numeric; the swept
     ones are those that differ),
     ``seeds`` (seed units), ``seed_list``, ``runs`` (MLflow runs), ``baseline`` (this row is
@@ -286,11 +361,11 @@ def analyse(units: pd.DataFrame | None, configs: dict[str, dict[str, str]], metr
     params' values), ``metrics``, ``reference`` (each swept param's baseline value), ``design`` (data held
     fixed or not), ``trends`` (`dose_responses`), ``power`` (`power_table`), ``resolve``, ``per_seed``.
     baselines: each configuration's baseline digest, when `configs` hold only the swept params (a rebuilt
-    report); by default computed from `configs`."""
+    report); by default computed from `configs` (`_baseline_values`, with `baseline_overrides`)."""
     order = {name: i for i, name in enumerate(Params().flat())}  # params.yaml order: model, loss, train, data
     names = sorted(next(iter(configs.values())), key=lambda n: (order.get(n, len(order)), n))
     swept = [n for n in names if len({c[n] for c in configs.values()}) > 1]
-    reference = _reference_values(configs, swept)
+    reference = _reference_values(configs, swept, baseline_overrides)
     ranges = {m: metric_range(m) for m in metrics}
     if units is not None:
         by_config = dict(tuple(units.groupby("config", sort=False)))
@@ -305,7 +380,8 @@ def analyse(units: pd.DataFrame | None, configs: dict[str, dict[str, str]], metr
     rows = []
     for count in counts.itertuples(index=False):
         config, values = count.config, configs[count.config]
-        base = baselines[config] if baselines is not None else config_key(_baseline_values(values))
+        base = baselines[config] if baselines is not None else \
+            config_key(_baseline_values(values, baseline_overrides))
         shared = (set(by_config[config]["seed"]) & set(by_config[base]["seed"])
                   if units is not None and base in by_config and base != config else set())
         row = {"config": config, **{p: _display(values[p]) for p in names}, "seeds": int(count.seeds),
@@ -340,7 +416,9 @@ def analyse(units: pd.DataFrame | None, configs: dict[str, dict[str, str]], metr
     first = next(iter(configs.values()))
     summary.attrs = {"swept": swept, "metrics": list(metrics), "reference": reference, "resolve": resolve,
                      "constant": {n: _display(first[n]) for n in names if n not in swept},
-                     "design": data_design(configs), "per_seed": units is not None}
+                     "design": data_design(configs), "per_seed": units is not None,
+                     "rl": any(name.startswith("rl.") for name in names),
+                     "baseline_overrides": dict(baseline_overrides or {})}
     summary.attrs["trends"] = dose_responses(summary, units, configs)
     summary.attrs["power"] = power_table(summary, units, resolve)
     return summary
@@ -437,10 +515,11 @@ def power_table(summary: pd.DataFrame, units: pd.DataFrame | None, resolve: floa
     return pd.DataFrame(rows)
 
 
-def _reference_values(configs: dict[str, dict[str, str]], swept: Sequence[str]) -> dict[str, str]:
-    """Each swept param's value in the baseline: its default when some configuration used it, else
-    its most common value (the first in sort order on a tie)."""
-    defaults = Params().flat()
+def _reference_values(configs: dict[str, dict[str, str]], swept: Sequence[str],
+                      overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """Each swept param's value in the baseline: its default (or its value in `overrides`) when some
+    configuration used it, else its most common value (the first in sort order on a tie)."""
+    defaults = {**Params().flat(), **(overrides or {})}
     reference = {}
     for name in swept:
         present = [c[name] for c in configs.values()]
@@ -524,8 +603,8 @@ def _method(summary: pd.DataFrame) -> list[str]:
     return [summary.attrs["design"], "",
             "Mean and sample sd over seeds. 95% interval over seeds: Student t, and for a reading with a range "
             "(rates, AUROC, ECE in [0, 1]; entropies and norms >= 0) the t interval on the logit (log) scale of the "
-            "mean, so it never leaves the range. Δ: difference from the baseline (same params, every loss param at "
-            f"its default), {'; '.join(used) or 'none'}. "
+            f"mean, so it never leaves the range. Δ: difference from the baseline ({_baseline_text(summary)}), "
+            f"{'; '.join(used) or 'none'}. "
             "p: two-sided, from the same t statistic; q: Benjamini-Hochberg adjusted over every difference in this "
             "report (false discovery rate), Holm beside it (family-wise error rate). *Survives*: BH = q < 0.05, "
             "Holm = Holm-adjusted p < 0.05.", "",
@@ -534,18 +613,31 @@ def _method(summary: pd.DataFrame) -> list[str]:
             f"BH at 5%, {int((holm < ALPHA).sum())} survive Holm.**", ""]
 
 
-def markdown_report(summary: pd.DataFrame, title: str, selection: str) -> str:
+def _baseline_text(summary: pd.DataFrame) -> str:
+    """What a configuration is compared with."""
+    if not summary.attrs.get("rl"):
+        return "same params, every loss param at its default"
+    overrides = summary.attrs.get("baseline_overrides") or {}
+    chosen = "".join(f", `{k}` = {_value(_display(_normalise(v)))}" for k, v in overrides.items())
+    return ("same params and trained models, every loss param and every RL entropy control (" +
+            ", ".join(f"`{p}`" for p in RL_CONTROL_PARAMS) + f") at its default{chosen}: plain RL")
+
+
+def markdown_report(summary: pd.DataFrame, title: str, selection: str, units: pd.DataFrame | None = None) -> str:
     """The summary as markdown: method and tally, the surviving differences, the configurations, one table per
-    metric, the dose-response slopes and the power section."""
+    metric, the dose-response slopes and the power section; in an RL study with per-seed `units`, also each
+    run's fit and the entropy per answer step before and after RL."""
     swept, metrics = summary.attrs["swept"], summary.attrs["metrics"]
     logged = [m for m in metrics if (summary[f"{m}.n"] > 0).any()]
     lines = [f"# Ablation report: {title}", "",
              f"{selection}: {len(summary)} configurations, {int(summary['seeds'].sum())} seed runs "
              f"from {int(summary['runs'].sum())} MLflow runs.", "",
-             "A configuration is every `data`, `model`, `loss` and `train` param except `seed` and those saying how "
-             f"a run was executed ({', '.join(f'`{p}`' for p in EXECUTION_PARAMS)}); a run derived from "
-             "a training run (tag `train_run_id`: only eval or viz params changed) joins its training run and never "
-             "counts as a seed (the training run's metrics are used; a metric it lacks comes from the derived run).",
+             *(_rl_units_text() if summary.attrs.get("rl") else [
+                 "A configuration is every `data`, `model`, `loss` and `train` param except `seed` and those saying "
+                 f"how a run was executed ({', '.join(f'`{p}`' for p in EXECUTION_PARAMS)}); a run derived from "
+                 "a training run (tag `train_run_id`: only eval or viz params changed) joins its training run and "
+                 "never counts as a seed (the training run's metrics are used; a metric it lacks comes from the "
+                 "derived run)."]),
              "", *_method(summary)]
     lines += ["## Differences that survive correction", ""]
     survivors = [[*_labels(summary, row), f"`{m}`", _diff_cell(row, m), row["comparison"], _p(row[f"{m}.p"]),
@@ -578,7 +670,79 @@ def markdown_report(summary: pd.DataFrame, title: str, selection: str) -> str:
     missing = [m for m in metrics if m not in logged]
     if missing:
         lines += ["Not logged by any run: " + ", ".join(f"`{m}`" for m in missing) + ".", ""]
-    return "\n".join(lines + _trend_section(summary) + _power_section(summary))
+    rl_sections = _rl_fit_section(summary, units) + _rl_step_section(summary, units) \
+        if summary.attrs.get("rl") and units is not None else []
+    return "\n".join(lines + rl_sections + _trend_section(summary) + _power_section(summary))
+
+
+def config_label(summary: pd.DataFrame, row: pd.Series) -> str:
+    """A configuration in a few words: its swept params away from the baseline's values (``plain`` for an RL
+    baseline, ``baseline`` otherwise), as ``name=value`` with the section dropped."""
+    reference = summary.attrs["reference"]
+    changed = [f"{p.split('.', 1)[-1]}={_value(row[p])}" for p in summary.attrs["swept"]
+               if _normalise(row[p]) != reference[p]]
+    return ", ".join(changed) or ("plain" if summary.attrs.get("rl") else "baseline")
+
+
+def _rl_fit_section(summary: pd.DataFrame, units: pd.DataFrame) -> list[str]:
+    labels = {row["config"]: config_label(summary, row) for _, row in summary.iterrows()}
+    lines = ["## Each run's entropy-accuracy fit", "",
+             "R = -a exp(H) + b fitted by least squares to the run's validations (R: greedy exact match on the RL "
+             "validation split; H: the policy's mean sampled-token entropy at that step, in nats); ceiling = b - a "
+             "(R at H = 0). Early: the same fit over the validations in the first 15% of the steps; its ceiling "
+             "forecasts the last validation (*final*), error = 100 x (forecast - final), in points.", ""]
+    rows = []
+    for _, unit in units.sort_values(["config", "seed"], key=lambda c: c.map(_sort_key) if c.name == "seed"
+                                     else c.map(list(labels).index)).iterrows():
+        get = unit.get
+        rows.append([labels.get(unit["config"], unit["config"]), str(unit["seed"]),
+                     *(_number(float(get(f"rl_fit.{k}", math.nan))) for k in
+                       ("a", "b", "ceiling", "r2", "final", "early_points", "early_ceiling",
+                        "early_ceiling_error_points", "early_at_final_error_points"))])
+    return lines + _table(["configuration", "seed/rl.seed", "a", "b", "ceiling", "R²", "final", "early points",
+                           "early ceiling", "error (points)", "error at final H (points)"], rows) + [""]
+
+
+STEP_PATTERN = re.compile(r"^rl_val\.entropy_by_step\.(\d+)\.(before_bits|after_bits|digit_blind_running_bits)$")
+
+
+def _rl_step_section(summary: pd.DataFrame, units: pd.DataFrame) -> list[str]:
+    found = sorted({int(m.group(1)) for c in units.columns if (m := STEP_PATTERN.match(c))})
+    if not found:
+        return []
+    lines = ["## Entropy per answer step before and after RL", "",
+             "Mean teacher-forced entropy (bits) of each answer step on the RL validation problems, before RL (the "
+             "trained model) and after, mean over the configuration's runs; the digit-blind level is the entropy "
+             "of a predictor that knows the operation and the lengths but not the digits (exact, from the theory "
+             "table).", ""]
+    header = ["configuration", *(f"step {k}" for k in found)]
+    column = "rl_val.entropy_by_step.{k}.{kind}"
+    rows = []
+    first = units.iloc[0]
+    rows.append(["digit-blind level", *(_number(float(first.get(column.format(k=k, kind="digit_blind_running_bits"),
+                                                                math.nan))) for k in found)])
+    before = units[[column.format(k=k, kind="before_bits") for k in found]].mean()
+    rows.append(["before RL (every trained model)", *(_number(float(v)) for v in before)])
+    for _, row in summary.iterrows():
+        mine = units[units["config"] == row["config"]]
+        after = mine[[column.format(k=k, kind="after_bits") for k in found]].mean()
+        rows.append([f"after: {config_label(summary, row)}", *(_number(float(v)) for v in after)])
+    return lines + _table(header, rows) + [""]
+
+
+def _rl_units_text() -> list[str]:
+    return ["An RL study: its runs are the finetune stage's runs (the training runs they started from are left "
+            "out). A configuration is every `data`, `model`, `loss`, `train` and `rl` param except `seed`, `rl.seed` "
+            "and those saying how a run was executed or logged "
+            f"({', '.join(f'`{p}`' for p in (*EXECUTION_PARAMS, *RL_EXECUTION_PARAMS[1:]))}); a seed unit is "
+            "(`seed`, `rl.seed`), written `seed/rl.seed`: the trained model and the RL seed (prompts, samples), so "
+            "two configurations pair on the runs that started from the same trained model with the same RL seed. "
+            "Each run's numbers are its last reading: `rl_val_exact_match` (greedy, the RL validation split: "
+            "held-out problems of the length RL trained on), the OOD split by the longer operand's length, "
+            "`rl_entropy_bits` (the policy's mean sampled-token entropy at the last step), and the fit of "
+            "R = -a exp(H) + b (H in nats) over the run's validations (`rl_fit.*`: ceiling = b - a; `early_*`: "
+            "the same fit over the first 15% of the steps, its ceiling used as a forecast of the last validation, "
+            "error in points)."]
 
 
 def _trend_section(summary: pd.DataFrame) -> list[str]:
@@ -679,27 +843,106 @@ def plot_param(summary: pd.DataFrame, param: str, path: str | Path, dpi: int = 1
     return save_figure(fig, path, dpi)
 
 
+def _curves_by_config(summary: pd.DataFrame, units: pd.DataFrame, curves: pd.DataFrame):
+    """(label, the configuration's units, their curves) per configuration, in the summary's order."""
+    for _, row in summary.iterrows():
+        mine = units[units["config"] == row["config"]]
+        yield config_label(summary, row), mine, curves[curves["run_id"].isin(mine["run_id"])]
+
+
+def plot_rl_fits(summary: pd.DataFrame, units: pd.DataFrame, curves: pd.DataFrame, path: str | Path,
+                 dpi: int = 110) -> Path:
+    """One panel per configuration: every run's validations (exact match on the RL validation split against the
+    policy's entropy at that step), a colour per trained model, each with its own fitted R = -a exp(H) + b."""
+    groups = list(_curves_by_config(summary, units, curves))
+    ncols = min(3, len(groups))
+    nrows = math.ceil(len(groups) / ncols)
+    fig, axes = new_figure(nrows, ncols, (4.2 * ncols, 3.5 * nrows), sharex=True, sharey=True)
+    models = sorted({str(s).split("/")[0] for s in units["seed"]}, key=_sort_key)
+    colours = {m: f"C{i}" for i, m in enumerate(models)}
+    for ax, (label, mine, runs) in zip(axes.flat, groups, strict=False):
+        for _, unit in mine.iterrows():
+            points = runs[runs["run_id"] == unit["run_id"]].dropna(subset=["rl_val_exact_match", "rl_entropy_bits"])
+            model = str(unit["seed"]).split("/")[0]
+            ax.plot(points["rl_entropy_bits"], points["rl_val_exact_match"], "o", markersize=2.5, alpha=0.5,
+                    color=colours[model])
+            a, b = float(unit.get("rl_fit.a", math.nan)), float(unit.get("rl_fit.b", math.nan))
+            if len(points) and math.isfinite(a) and math.isfinite(b):
+                bits = np.linspace(points["rl_entropy_bits"].min(), points["rl_entropy_bits"].max(), 50)
+                ax.plot(bits, b - a * np.exp(bits * math.log(2)), color=colours[model], linewidth=1)
+        ceiling = summary.loc[summary["config"] == mine["config"].iloc[0], "rl_fit.ceiling.mean"] \
+            if len(mine) and "rl_fit.ceiling.mean" in summary else pd.Series(dtype=float)
+        ax.set_title(label + (f"\nmean ceiling {float(ceiling.iloc[0]):.3f}" if len(ceiling) else ""), fontsize=9)
+        ax.set_xlabel("policy entropy (bits/token, sampled)")
+        ax.set_ylabel("RL validation exact match")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.set_visible(False)
+    for model, colour in colours.items():
+        axes.flat[0].plot([], [], "o-", color=colour, label=f"trained model seed {model}")
+    axes.flat[0].legend(fontsize="small")
+    fig.suptitle("Accuracy against entropy during RL: every run's validations and its fit R = -a exp(H) + b")
+    return save_figure(fig, path, dpi)
+
+
+def plot_rl_curves(summary: pd.DataFrame, units: pd.DataFrame, curves: pd.DataFrame, path: str | Path,
+                   dpi: int = 110) -> Path:
+    """The policy's entropy and the RL validation exact match over the RL steps, per configuration: the mean over
+    its runs, the band from the lowest to the highest run."""
+    fig, axes = new_figure(1, 2, (12.0, 4.2))
+    for index, (label, _, runs) in enumerate(_curves_by_config(summary, units, curves)):
+        for ax, metric in zip(axes.flat, ("rl_entropy_bits", "rl_val_exact_match"), strict=True):
+            points = runs.dropna(subset=[metric]).groupby("step")[metric]
+            if not len(points):
+                continue
+            mean, low, high = points.mean(), points.min(), points.max()
+            ax.plot(mean.index, mean.to_numpy(), color=f"C{index}", label=label, linewidth=1.2)
+            ax.fill_between(mean.index, low.to_numpy(), high.to_numpy(), color=f"C{index}", alpha=0.12)
+    axes[0, 0].set_ylabel("policy entropy (bits/token, sampled)")
+    axes[0, 1].set_ylabel("RL validation exact match (greedy)")
+    for ax in axes.flat:
+        ax.set_xlabel("RL step")
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize="small")
+    fig.suptitle("Entropy and accuracy over RL steps per configuration: mean over runs, band = lowest to highest run")
+    return save_figure(fig, path, dpi)
+
+
 SUMMARY_FILE, SEEDS_FILE, MARKDOWN_FILE = "summary.csv", "seeds.csv", "summary.md"
+CURVES_FILE = "curves.csv"  # an RL study's curves (run_id, step, `CURVE_METRICS`): its figures' input
 
 
 def write_report(runs: pd.DataFrame, out_dir: str | Path, dpi: int = 110, title: str = "ablation",
-                 metrics: Sequence[str] = METRICS, resolve: float = RESOLVE) -> dict[str, Path]:
+                 metrics: Sequence[str] | None = None, resolve: float = RESOLVE,
+                 baseline_overrides: dict[str, str] | None = None, curves: pd.DataFrame | None = None
+                 ) -> dict[str, Path]:
     """Write ``summary.csv``, ``seeds.csv`` (every seed unit's metrics: what `rebuild_report` needs for the
     paired analysis), ``summary.md`` and ``<swept param>.png`` per swept param into `out_dir`; returns their
     paths by name (``csv``, ``seeds``, ``markdown``, then each param). The markdown says which runs these are
-    from ``runs.attrs["selection"]`` (set by `load_runs`)."""
-    metrics = metric_names(runs, metrics)
-    units, configs = seed_units(runs, metrics)
-    summary = analyse(units, configs, metrics, resolve)
+    from ``runs.attrs["selection"]`` (set by `load_runs`). `metrics`: by default `METRICS`, or `RL_METRICS` in
+    an RL study, whose seeds.csv also keeps the `RL_DESCRIPTIVE` readings; with its `curves` (``run_id``,
+    ``step``, `CURVE_METRICS`: `pipeline.runs.load_curves`) it also writes ``curves.csv``, ``rl_fits.png`` and
+    ``rl_curves.png``."""
+    rl = is_rl_study(runs)
+    metrics = metric_names(runs, metrics if metrics is not None else RL_METRICS if rl else METRICS)
+    descriptive = sorted({c.removeprefix("metrics.") for c in runs.columns if c.startswith("metrics.")
+                          and RL_DESCRIPTIVE.match(c.removeprefix("metrics."))}) if rl else []
+    units, configs = seed_units(runs, [*metrics, *descriptive])
+    summary = analyse(units, configs, metrics, resolve, baseline_overrides=baseline_overrides)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seeds = out_dir / SEEDS_FILE
     units.to_csv(seeds, index=False)
-    return {**_write(summary, out_dir, title, runs.attrs.get("selection", "Finished runs"), dpi), "seeds": seeds}
+    paths = {"seeds": seeds}
+    if rl and curves is not None:
+        paths["curves"] = out_dir / CURVES_FILE
+        curves.to_csv(paths["curves"], index=False)
+    selection = runs.attrs.get("selection", "Finished runs")
+    return {**_write(summary, out_dir, title, selection, dpi, units, curves if rl else None), **paths}
 
 
-def rebuild_report(out_dir: str | Path, dpi: int = 110, title: str = "ablation",
-                   resolve: float = RESOLVE) -> dict[str, Path]:
+def rebuild_report(out_dir: str | Path, dpi: int = 110, title: str = "ablation", resolve: float = RESOLVE,
+                   baseline_overrides: dict[str, str] | None = None) -> dict[str, Path]:
     """Rewrite a report from its own files, without the MLflow store: the configurations (their params as far
     as the table holds them, seeds, runs, baselines) from ``summary.csv``; the per-seed values from
     ``seeds.csv`` when it is there (the full analysis, paired where seeds are shared), else each
@@ -718,23 +961,31 @@ def rebuild_report(out_dir: str | Path, dpi: int = 110, title: str = "ablation",
                  for _, row in table.iterrows()}
     counts = table[["config", "seeds", "seed_list", "runs"]]
     seeds_path = out_dir / SEEDS_FILE
+    units = curves = None
     if seeds_path.is_file():
         units = pd.read_csv(seeds_path, dtype={"config": str, "seed": str, "run_id": str})
-        summary = analyse(units, configs, metrics, resolve, baselines=baselines)
+        summary = analyse(units, configs, metrics, resolve, baselines=baselines, baseline_overrides=baseline_overrides)
         selection = f"Rebuilt from `{SUMMARY_FILE}` and `{SEEDS_FILE}` (per-seed values)"
+        if (out_dir / CURVES_FILE).is_file():
+            curves = pd.read_csv(out_dir / CURVES_FILE, dtype={"run_id": str})
     else:
         stats = {row["config"]: {m: {k: row[f"{m}.{k}"] for k in ("n", "mean", "sd")} for m in metrics}
                  for _, row in table.iterrows()}
-        summary = analyse(None, configs, metrics, resolve, counts=counts, stats=stats, baselines=baselines)
+        summary = analyse(None, configs, metrics, resolve, counts=counts, stats=stats, baselines=baselines,
+                          baseline_overrides=baseline_overrides)
         selection = (f"Rebuilt from `{SUMMARY_FILE}` alone (each configuration's n, mean and sd; the per-seed values "
                      "and the MLflow runs are not at hand)")
-    return _write(summary, out_dir, title, selection, dpi)
+    return _write(summary, out_dir, title, selection, dpi, units, curves)
 
 
-def _write(summary: pd.DataFrame, out_dir: Path, title: str, selection: str, dpi: int) -> dict[str, Path]:
+def _write(summary: pd.DataFrame, out_dir: Path, title: str, selection: str, dpi: int,
+           units: pd.DataFrame | None = None, curves: pd.DataFrame | None = None) -> dict[str, Path]:
     paths = {"csv": out_dir / SUMMARY_FILE, "markdown": out_dir / MARKDOWN_FILE}
     summary.to_csv(paths["csv"], index=False)
-    paths["markdown"].write_text(markdown_report(summary, title, selection))
+    paths["markdown"].write_text(markdown_report(summary, title, selection, units))
     for param in summary.attrs["swept"]:
         paths[param] = plot_param(summary, param, out_dir / f"{param}.png", dpi)
+    if summary.attrs.get("rl") and units is not None and curves is not None:
+        paths["rl_fits"] = plot_rl_fits(summary, units, curves, out_dir / "rl_fits.png", dpi)
+        paths["rl_curves"] = plot_rl_curves(summary, units, curves, out_dir / "rl_curves.png", dpi)
     return paths

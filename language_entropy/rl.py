@@ -276,6 +276,35 @@ def fit_entropy_ceiling(entropy_nats, accuracy) -> dict[str, float]:
     return {**result, "a": float(a), "b": float(b), "ceiling": float(b - a), "r2": r2}
 
 
+EARLY_FRACTION = 0.15  # Cui et al. predict the final score from the first ~15% of the steps
+
+
+def entropy_ceiling_fits(curve: pd.DataFrame, steps: int, early_fraction: float = EARLY_FRACTION) -> dict[str, float]:
+    """The fit of R = -a exp(H) + b over every validated point of a fine-tuning curve (``step``, ``entropy_bits``,
+    ``val_exact_match``), and the same fit over the points of the first `early_fraction` of `steps` used as a
+    forecast of the last validation's exact match (``final``, at ``final_entropy_bits``):
+    ``early_ceiling`` (the early fit at H = 0, the paper's forecast: where accuracy goes once entropy is spent),
+    ``early_at_final`` (the early fit at the final entropy, which a forecast cannot know in advance) and their
+    errors against the final exact match in points (100 x (forecast - final)); ``early_points`` counts the
+    points the early fit saw (NaN forecasts below 3: two points always fit exactly)."""
+    points = curve.dropna(subset=["val_exact_match", "entropy_bits"]) if {"val_exact_match", "entropy_bits"} <= \
+        set(curve) else pd.DataFrame(columns=["step", "entropy_bits", "val_exact_match"])
+    nats = points["entropy_bits"].to_numpy(dtype=float) / to_bits(1.0)
+    accuracy = points["val_exact_match"].to_numpy(dtype=float)
+    fit = fit_entropy_ceiling(nats, accuracy)
+    early = points["step"].to_numpy(dtype=float) <= early_fraction * steps
+    forecast = fit_entropy_ceiling(nats[early], accuracy[early]) if early.sum() >= 3 else \
+        {"a": math.nan, "b": math.nan, "ceiling": math.nan}
+    final = float(accuracy[-1]) if len(accuracy) else math.nan
+    final_nats = float(nats[-1]) if len(nats) else math.nan
+    at_final = forecast["b"] - forecast["a"] * math.exp(final_nats) if len(nats) else math.nan
+    return {**fit, "final": final, "final_entropy_bits": float(points["entropy_bits"].iloc[-1]) if len(nats)
+            else math.nan, "early_points": float(early.sum()), "early_a": forecast["a"], "early_b": forecast["b"],
+            "early_ceiling": forecast["ceiling"], "early_at_final": at_final,
+            "early_ceiling_error_points": 100 * (forecast["ceiling"] - final),
+            "early_at_final_error_points": 100 * (at_final - final)}
+
+
 # ----------------------------------------------------------------------------------------------
 # The fine-tuner
 
@@ -481,8 +510,4 @@ class FineTuner:
             if signum is not None:
                 break
         curve = pd.DataFrame(self.curve)
-        fit = {}
-        if "val_exact_match" in curve and "entropy_bits" in curve:
-            points = curve.dropna(subset=["val_exact_match", "entropy_bits"])
-            fit = fit_entropy_ceiling(points["entropy_bits"] / to_bits(1.0), points["val_exact_match"])
-        return FineTuneResult(self.policy, curve, fit)
+        return FineTuneResult(self.policy, curve, entropy_ceiling_fits(curve, config.steps))

@@ -8,8 +8,10 @@ summary.md and one figure per swept param: per training configuration (every dat
 and train param but the seed), each metric's mean, sd and 95% interval over seeds and its
 difference from the all-default-loss baseline (paired over shared seeds, else Welch), corrected for
 multiplicity (Benjamini-Hochberg and Holm), trends for numeric params and the seeds a difference of
---resolve needs. --rebuild rewrites reports/<study>/ from its own summary.csv (and seeds.csv) without the
-MLflow store. See language_entropy/report.py.
+--resolve needs. An RL study (its runs are finetune runs) compares RL configurations over (seed, rl.seed)
+units against plain RL, with each run's entropy-accuracy fit and its curves (curves.csv, rl_fits.png,
+rl_curves.png); --baseline rl.clip_high=0.2 sets what plain means. --rebuild rewrites reports/<study>/ from
+its own summary.csv (and seeds.csv, curves.csv) without the MLflow store. See language_entropy/report.py.
 """
 
 import sys
@@ -20,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 from language_entropy.errors import UserError
 from language_entropy.params import load_params
 from language_entropy.pipeline.cli import run_stage, stage_parser
-from language_entropy.pipeline.runs import load_runs
+from language_entropy.pipeline.runs import load_curves, load_runs
 from language_entropy.pipeline.tracking import project_root, tracking_uri
-from language_entropy.report import RESOLVE, rebuild_report, write_report
+from language_entropy.report import RESOLVE, baseline_overrides, is_rl_study, rebuild_report, write_report
 
 
 def main() -> None:
@@ -35,20 +37,27 @@ def main() -> None:
     parser.add_argument("--resolve", type=float, default=RESOLVE,
                         help=f"the difference the power section sizes seeds for, in each metric's units "
                              f"(default: {RESOLVE})")
+    parser.add_argument("--baseline", action="append", default=[], metavar="KEY=VALUE",
+                        help="a loss or RL entropy-control param's value in the baseline configuration instead of "
+                             "its default (repeatable; e.g. rl.clip_high=0.2 for plain RL without clip-higher)")
     parser.add_argument("--rebuild", action="store_true",
                         help="rewrite OUT_DIR/<study>/ from its summary.csv (and seeds.csv), without MLflow")
     args = parser.parse_args()
     if not args.resolve > 0:
         raise UserError(f"--resolve must be > 0 (got {args.resolve})")
+    overrides = baseline_overrides(args.baseline)
     params = load_params(args.params)
     experiment = args.experiment or params.mlflow.experiment
     study = args.study or experiment
     if args.rebuild:
-        paths = rebuild_report(Path(args.out_dir) / study, dpi=params.viz.dpi, title=study, resolve=args.resolve)
+        paths = rebuild_report(Path(args.out_dir) / study, dpi=params.viz.dpi, title=study, resolve=args.resolve,
+                               baseline_overrides=overrides)
         print(f"rebuilt {Path(args.out_dir) / study} -> " + ", ".join(str(p) for p in paths.values()))
         return
     runs = load_runs(experiment, tracking_uri(project_root()), study=study)
-    paths = write_report(runs, Path(args.out_dir) / study, dpi=params.viz.dpi, title=study, resolve=args.resolve)
+    curves = load_curves(runs) if is_rl_study(runs) else None
+    paths = write_report(runs, Path(args.out_dir) / study, dpi=params.viz.dpi, title=study, resolve=args.resolve,
+                         baseline_overrides=overrides, curves=curves)
     print(f"{len(runs)} runs of {experiment!r} (study {study!r}) -> " + ", ".join(str(p) for p in paths.values()))
 
 

@@ -4,6 +4,7 @@ the entropy controls against brute force, the entropy-ceiling fit, and a short r
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -185,6 +186,34 @@ def test_entropy_ceiling_fit_recovers_the_curve_and_matches_a_linear_fit_in_exp_
     assert fit["a"] == pytest.approx(-slope) and fit["b"] == pytest.approx(intercept)
     assert 0 < fit["r2"] < 1
     assert math.isnan(rl.fit_entropy_ceiling([0.2, 0.2, math.nan], [0.5, 0.6, 0.7])["ceiling"])  # one entropy
+
+
+def test_the_early_fit_forecasts_from_the_first_15_percent_of_steps_and_scores_itself_in_points():
+    # 100 steps validated every 5: steps 0..15 (<= 15% of 100) are the early points; they lie on
+    # R = -0.2 exp(H) + 0.95 (H in nats); the later ones do not, and the last validation reads 0.70
+    steps = np.arange(0, 101, 5)
+    nats = np.linspace(0.6, 0.1, len(steps))
+    exact = -0.2 * np.exp(nats) + 0.95
+    exact[4:] = np.linspace(0.62, 0.70, len(steps) - 4)
+    curve = pd.DataFrame({"step": steps, "entropy_bits": nats / math.log(2), "val_exact_match": exact})
+    curve.loc[1, "val_exact_match"] = math.nan  # a logged step without validation is not a point
+    fits = rl.entropy_ceiling_fits(curve, steps=100)
+    assert fits["early_points"] == 3  # steps 0, 10, 15
+    assert fits["early_a"] == pytest.approx(0.2) and fits["early_b"] == pytest.approx(0.95)
+    assert fits["early_ceiling"] == pytest.approx(0.75) and fits["final"] == pytest.approx(0.70)
+    assert fits["early_ceiling_error_points"] == pytest.approx(5.0)  # 100 x (0.75 - 0.70)
+    at_final = -0.2 * math.exp(0.1) + 0.95
+    assert fits["early_at_final"] == pytest.approx(at_final)
+    assert fits["early_at_final_error_points"] == pytest.approx(100 * (at_final - 0.70))
+    points = curve.dropna()  # the whole-curve fit is `fit_entropy_ceiling` over every validated point
+    slope, intercept = np.polyfit(np.exp(points["entropy_bits"] * math.log(2)), points["val_exact_match"], 1)
+    assert fits["a"] == pytest.approx(-slope) and fits["b"] == pytest.approx(intercept) and fits["points"] == 20
+    assert fits["final_entropy_bits"] == pytest.approx(0.1 / math.log(2))
+    short = rl.entropy_ceiling_fits(curve, steps=1000)  # 15% of 1000 covers every point: the forecast sees them all
+    assert short["early_points"] == 20 and short["early_a"] == pytest.approx(fits["a"])
+    few = rl.entropy_ceiling_fits(curve.drop(index=3), steps=100)  # without step 15, 2 early points: no forecast
+    assert few["early_points"] == 2 and math.isnan(few["early_ceiling"])
+    assert math.isnan(few["early_at_final_error_points"]) and few["final"] == pytest.approx(0.70)
 
 
 # --- params -----------------------------------------------------------------------------------------------------

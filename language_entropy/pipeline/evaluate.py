@@ -22,6 +22,7 @@ from language_entropy.evaluation import (
     headline,
     operand_length_rates,
     problem_table,
+    rl_entropy_by_step,
 )
 from language_entropy.generation import generate_batched
 from language_entropy.learning_speed import learning_speed
@@ -150,6 +151,12 @@ def run_evaluation(params: Params, checkpoint: Path, samples: int | None, verbos
         right = greedy_right(before, ood["text"].tolist(), params.eval.batch_size)
         report["test_ood"]["before_rl"] = {"model": str(trained),
                                            "per_operand_length": operand_length_rates(ood, right)}
+        # entropy per answer step on the RL validation problems before and after RL, beside the digit-blind level
+        by_step = rl_entropy_by_step(before, model, read_split(params.paths.data, "rl_val",
+                                                                   params.data.reverse_answer), theory)
+        report["rl_val"] = {"entropy_by_step": {  # JSON has no NaN: a step without a digit-blind level holds null
+            str(int(row.pop("step"))): {key: value if pd.notna(value) else None for key, value in row.items()}
+            for row in by_step.to_dict("records")}}
 
     written = [metrics_dir / name for name in OUTPUT_FILES]
     top = headline(report)

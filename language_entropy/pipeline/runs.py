@@ -3,7 +3,9 @@
 `load_runs` reads the finished runs of an experiment with MLflow's `search_runs` and, given a study,
 keeps the runs tagged ``study`` = that name and the runs derived from them (evaluate/visualize runs
 tagged ``train_run_id``); when no run carries a study tag, every finished run is the study. It adds
-the column the report reads, ``derived_from`` (the training run a derived run measured, else "").
+the columns the report reads: ``fine_tuned`` (a finetune stage's run: tag ``stage`` = finetune) and
+``derived_from`` (the run a derived run measured, else ""; a fine-tuning run is no derived run, though it
+carries its training run's id). `load_curves` reads the fine-tuning runs' curves (metric histories).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pandas as pd
 
 from language_entropy.errors import UserError
 from language_entropy.pipeline.tracking import STUDY_TAG, TRAIN_RUN_TAG
-from language_entropy.report import DERIVED_FROM
+from language_entropy.report import CURVE_METRICS, DERIVED_FROM, FINE_TUNED
 
 
 def _check_sqlite_store(uri: str) -> None:
@@ -73,5 +75,23 @@ def load_runs(experiment_name: str, tracking_uri: str | None = None, study: str 
     if runs.empty:
         raise UserError(f"MLflow experiment {experiment_name!r} in {uri} has no finished runs")
     runs = runs if study is None else select_study(runs, study)
-    runs[DERIVED_FROM] = _tag(runs, TRAIN_RUN_TAG)
+    runs[FINE_TUNED] = _tag(runs, "stage") == "finetune"
+    runs[DERIVED_FROM] = _tag(runs, TRAIN_RUN_TAG).where(~runs[FINE_TUNED], "")
     return runs
+
+
+def load_curves(runs: pd.DataFrame) -> pd.DataFrame:
+    """The fine-tuning runs' curves: one row per (``run_id``, ``step``) with each of `report.CURVE_METRICS` logged
+    at that step (NaN where it was not: validation is sparser than the other readings)."""
+    client = mlflow.MlflowClient()
+    frames = []
+    for run_id in runs.loc[runs[FINE_TUNED], "run_id"]:
+        for metric in CURVE_METRICS:
+            history = client.get_metric_history(run_id, metric)
+            frames.append(pd.DataFrame({"run_id": run_id, "step": [m.step for m in history], "metric": metric,
+                                        "value": [m.value for m in history]}))
+    if not frames:
+        return pd.DataFrame(columns=["run_id", "step", *CURVE_METRICS])
+    long = pd.concat(frames, ignore_index=True)
+    return (long.pivot_table(index=["run_id", "step"], columns="metric", values="value", aggfunc="last")
+            .reindex(columns=list(CURVE_METRICS)).reset_index().rename_axis(columns=None))

@@ -14,9 +14,9 @@ from language_entropy.checkpoint import load_checkpoint, load_model
 from language_entropy.data import prompt_of, read_split
 from language_entropy.digit_geometry import digit_embeddings
 from language_entropy.errors import UserError
-from language_entropy.evaluation import SPLIT_NAMES, digit_blind_levels
+from language_entropy.evaluation import SPLIT_NAMES, digit_blind_levels, rl_entropy_by_step
 from language_entropy.generation import generate_batched
-from language_entropy.measure import generation_prompts, greedy_right, teacher_forced_stats
+from language_entropy.measure import generation_prompts, greedy_right
 from language_entropy.model import ArithmeticDecoder
 from language_entropy.params import Params
 from language_entropy.pipeline import tracking
@@ -62,22 +62,6 @@ def collect_trajectories(model: ArithmeticDecoder, frame: pd.DataFrame, layers: 
             label=f"{prompt_of(problem['text'])}{answer}", correct=bool(right[index]), tokens=tokens,
             states={layer: out.hidden[layer][row, :steps].numpy() for layer in layers}))
     return trajectories
-
-
-def rl_entropy_by_step(before: ArithmeticDecoder, after: ArithmeticDecoder, problems: pd.DataFrame,
-                       theory: pd.DataFrame) -> pd.DataFrame:
-    """Mean teacher-forced entropy per answer step of the model before and after RL on `problems`, beside their
-    digit-blind level (NaN where the theory table holds none of their buckets: rl.digits outside the data's)."""
-    texts = problems["text"].tolist()
-    device = next(after.parameters()).device
-    by_step = {name: teacher_forced_stats(model, texts, device).tokens.groupby("step")["entropy_bits"].mean()
-               for name, model in (("before_bits", before), ("after_bits", after))}
-    table = pd.DataFrame(by_step).rename_axis("step").reset_index()
-    try:
-        reference = digit_blind_levels(theory, problems, [])[["step", "digit_blind_running_bits"]]
-    except UserError:
-        reference = pd.DataFrame({"step": table["step"], "digit_blind_running_bits": float("nan")})
-    return table.merge(reference, on="step", how="left")
 
 
 def headline_lines(summary: dict[str, dict]) -> list[str]:
