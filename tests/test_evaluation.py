@@ -7,7 +7,7 @@ import torch
 
 from language_entropy import tokenizer
 from language_entropy.data import generate_splits
-from language_entropy.evaluation import evaluate_split, flatten_numbers
+from language_entropy.evaluation import digit_blind_levels, evaluate_split, flatten_numbers, rl_entropy_by_step
 from language_entropy.measure import expected_answers, sample_sequences, teacher_forced_stats
 from language_entropy.model import ArithmeticDecoder
 from language_entropy.params import DataConfig, DigitRange, EntropyConfig, EvalConfig, ModelConfig
@@ -108,3 +108,38 @@ def test_split_report_is_internally_consistent(model, frame):
         np.log2(10))
     assert list(report.temperature.columns) == ["temperature", "exact_match", "exact_match_ci_low",
                                                 "exact_match_ci_high", "mean_entropy_bits"]
+
+
+def test_rl_entropy_by_step_against_a_direct_forward_pass_per_problem(model, frame):
+    """The per-answer-step entropy before and after RL: each problem run alone through the model, the softmax
+    entropy (bits) of the distribution that predicts each answer token, averaged per step over the problems."""
+    torch.manual_seed(1)
+    after = ArithmeticDecoder(ModelConfig(n_layer=1, n_head=2, n_embd=32, max_seq_len=32)).eval()
+    problems = frame.iloc[:12]
+    theory = theoretical_entropy_table(DataConfig(digits=DigitRange(1, 2), ood_digits=DigitRange(3, 3)),
+                                       EntropyConfig())
+    table = rl_entropy_by_step(model, after, problems, theory)
+
+    def direct(net: ArithmeticDecoder) -> dict[int, float]:
+        per_step: dict[int, list[float]] = {}
+        for text in problems["text"]:
+            ids = torch.tensor([[tokenizer.BOS_ID, *tokenizer.encode(text)]])
+            with torch.no_grad():
+                probs = torch.softmax(net(ids[:, :-1]).double(), dim=-1)[0]  # (T-1, V): position i predicts i+1
+            first = text.index("=") + 1  # input position of '=' (BOS shifts by one) predicts the first answer token
+            for step, position in enumerate(range(first, len(text))):
+                p = probs[position]
+                per_step.setdefault(step, []).append(float(-(p * torch.log2(p)).sum()))
+        return {step: float(np.mean(values)) for step, values in per_step.items()}
+
+    for column, net in (("before_bits", model), ("after_bits", after)):
+        expected = direct(net)
+        assert table["step"].tolist() == sorted(expected)
+        assert table[column].tolist() == pytest.approx([expected[s] for s in table["step"]], abs=1e-5)
+    assert not np.allclose(table["before_bits"], table["after_bits"])  # two models, two readings
+    levels = digit_blind_levels(theory, problems, [])
+    assert table["digit_blind_running_bits"].tolist() == pytest.approx(
+        levels.set_index("step").loc[table["step"], "digit_blind_running_bits"].tolist())
+    outside = frame.iloc[:3].assign(a_digits=7, b_digits=7)  # lengths the theory table lacks: no level, not an error
+    assert table.columns.tolist() == rl_entropy_by_step(model, after, outside, theory).columns.tolist()
+    assert rl_entropy_by_step(model, after, outside, theory)["digit_blind_running_bits"].isna().all()

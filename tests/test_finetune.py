@@ -68,6 +68,12 @@ def test_repro_writes_the_curve_the_fit_and_a_headline_before_and_after_rl(proje
     assert ((curve["reward"] >= 0) & (curve["reward"] <= 1)).all() and (curve["entropy_bits"] > 0).all()
     fit = json.loads((project / "metrics" / "rl_fit.json").read_text())
     assert fit["steps"] == 8 and fit["points"] == 3 and set(fit) >= {"a", "b", "ceiling", "r2"}
+    assert fit["early_points"] == 1 and fit["early_ceiling"] is None  # steps <= 15% of 8: step 0 alone, no forecast
+    assert fit["final"] == curve["val_exact_match"].iloc[-1]
+    by_step = json.loads((project / "metrics" / "eval.json").read_text())["rl_val"]["entropy_by_step"]
+    assert list(by_step) == [str(k) for k in range(len(by_step))] and len(by_step) >= 2
+    assert all(row["before_bits"] > 0 and row["after_bits"] > 0 and set(row) == {
+        "before_bits", "after_bits", "digit_blind_running_bits"} for row in by_step.values())
     ood = json.loads((project / "metrics" / "summary.json").read_text())["test_ood"]
     assert {"exact_match_3_digits", "exact_match_3_digits_before_rl"} <= set(ood)  # OOD is 3x3 in the tiny data
     for figure in ("rl_entropy_accuracy.png", "rl_entropy_by_step.png", "rl_curves.png"):
@@ -80,6 +86,8 @@ def test_repro_writes_the_curve_the_fit_and_a_headline_before_and_after_rl(proje
     history = mlflow.MlflowClient().get_metric_history(runs["run_id"].iloc[0], "rl_reward")
     assert [point.step for point in history] == [0, 2, 4, 6, 8]
     assert runs["metrics.test_ood.exact_match"].notna().all()  # evaluate logged into the finetune run
+    assert runs["metrics.rl_val.entropy_by_step.0.after_bits"].notna().all()
+    assert runs["metrics.rl_fit.final"].tolist() == [fit["final"]]
 
 
 @pytest.mark.slow
