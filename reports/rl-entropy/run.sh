@@ -2,7 +2,7 @@
 # The RL entropy study (issue: which entropy control lets RL go furthest), from a clean clone (after
 # `pip install -r requirements.txt`):
 #   bash reports/rl-entropy/run.sh
-# Two trained models (supervised seeds 0 and 1, trained once each and reused by DVC's run cache), then RL on each
+# Two trained models (supervised seeds 0 and 1, each trained once), then RL on each
 # with RL_SEEDS RL seeds (default 3) in six configurations, paired: seed/rl.seed k draws the same prompts and
 # samples the same way in every configuration.
 #   plain        PPO clipping 0.2 both sides, no entropy term, no token mask, no covariance control
@@ -24,23 +24,32 @@ models=${MODELS:-0,1}
 rl_seeds=$(python -c "print(','.join(map(str, range(${RL_SEEDS:-3}))))")
 start=$(date +%s)
 
-# 1. the trained models, one experiment each, before any RL: the RL experiments then restore them from the run
-#    cache instead of two workers training the same model side by side
-dvc exp run train --queue --quiet -S "mlflow.study=$study" -S train.threads=1 -S "seed=$models"
+# 1. the trained models, as two named experiments side by side. A queued experiment does not restore a trained
+#    model from DVC's run cache (seen with DVC 3.67: the train stage was run again), so each RL run is queued
+#    from a workspace that already holds its trained model in dvc.lock: the train stage is then unchanged
+#    and skipped, and only finetune and evaluate run.
+IFS=, read -r -a model_seeds <<< "$models"
+for seed in "${model_seeds[@]}"; do
+  dvc exp run train --queue --quiet -n "$study-model-$seed" -S "mlflow.study=$study" -S train.threads=1 -S "seed=$seed"
+done
 dvc exp run --run-all -j "$jobs"
 
-# 2. RL: every configuration on every (trained model, RL seed)
-common=(-S "mlflow.study=$study" -S train.threads=1 -S "seed=$models" -S "rl.seed=$rl_seeds" -S rl.steps=300
-        -S rl.minibatches=2 -S rl.eval_every=10 -S rl.log_every=5 -S rl.checkpoint_every=100
-        -S 'eval.temperatures=[0.0]' -S eval.semantic_problems=200)
+# 2. RL: every configuration on every (trained model, RL seed), queued from each trained model's workspace
+common=(-S "rl.seed=$rl_seeds" -S rl.steps=300 -S rl.minibatches=2 -S rl.eval_every=10 -S rl.log_every=5
+        -S rl.checkpoint_every=100 -S 'eval.temperatures=[0.0]' -S eval.semantic_problems=200)
 queue() { dvc exp run evaluate --queue --quiet "${common[@]}" "$@"; }
-queue -S rl.clip_high=0.2                                  # plain
-queue -S rl.clip_high=0.2 -S rl.entropy_weight=-0.05       # bonus
-queue -S rl.clip_high=0.2 -S rl.entropy_target=0.28        # target
-queue -S rl.clip_high=0.2 -S rl.token_mask=top             # top20 (rl.token_mask_quantile 0.2)
-queue -S rl.clip_high=0.28                                 # clip-higher
-queue -S rl.clip_high=0.2 -S rl.cov_control=kl_cov         # kl-cov
+for seed in "${model_seeds[@]}"; do
+  dvc exp apply "$study-model-$seed"
+  dvc repro compute-theoretical-entropy  # the last stage a train-only experiment leaves out
+  queue -S rl.clip_high=0.2                                  # plain
+  queue -S rl.clip_high=0.2 -S rl.entropy_weight=-0.05       # bonus
+  queue -S rl.clip_high=0.2 -S rl.entropy_target=0.28        # target
+  queue -S rl.clip_high=0.2 -S rl.token_mask=top             # top20 (rl.token_mask_quantile 0.2)
+  queue -S rl.clip_high=0.28                                 # clip-higher
+  queue -S rl.clip_high=0.2 -S rl.cov_control=kl_cov         # kl-cov
+done
 dvc queue status | tail -n 3
 dvc exp run --run-all -j "$jobs"
 echo "experiments done in $(( $(date +%s) - start )) s with -j $jobs on $(lscpu | sed -n 's/^Model name: *//p')"
 python stages/compare.py --study "$study" --out-dir reports --baseline rl.clip_high=0.2
+git restore params.yaml dvc.lock metrics/ && dvc checkout --quiet  # the workspace back to the commit's state
