@@ -903,7 +903,7 @@ def plot_rl_curves(summary: pd.DataFrame, units: pd.DataFrame, curves: pd.DataFr
             if metric == "rl_entropy_bits":
                 smooth = mean.rolling(5, center=True, min_periods=3).mean()
                 ax.plot(smooth.index, smooth.to_numpy(), color=f"C{index}", linewidth=2.2)
-    axes[0, 0].set_ylabel("policy entropy (bits/token, sampled; thick: mean of 5 readings)")
+    axes[0, 0].set_ylabel("policy entropy (bits/token; thick: 5-reading mean)")
     axes[0, 1].set_ylabel("RL validation exact match (greedy)")
     for ax in axes.flat:
         ax.set_xlabel("RL step")
