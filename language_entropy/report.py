@@ -76,6 +76,7 @@ from language_entropy.statistics import (
 )
 
 OP = "{op}"  # placeholder in METRICS: one metric per operation present in the runs
+LENGTH = "{length}"  # placeholder in RL_METRICS: one metric per operand length present in the runs
 METRICS = (
     "test.exact_match",
     "test_ood.exact_match",
@@ -128,8 +129,7 @@ METRIC_LABELS = {
 # An RL study (its runs are fine-tuning runs): what it compares, all from the finetune stage's run
 RL_METRICS = (
     "rl_val_exact_match",  # greedy, the RL validation split: the length RL trained on, held-out problems
-    "test_ood.per_operand_length.4.exact_match",
-    "test_ood.per_operand_length.5.exact_match",
+    f"test_ood.per_operand_length.{LENGTH}.exact_match",  # the longer operand's length: RL's, and longer ones
     "test.exact_match",
     "rl_entropy_bits",  # the policy's sampled-token entropy at the last step
     "rl_fit.a",
@@ -250,18 +250,22 @@ def _baseline_values(values: dict[str, str], overrides: dict[str, str] | None = 
 
 
 def metric_names(runs: pd.DataFrame, metrics: Sequence[str] = METRICS) -> list[str]:
-    """`metrics` with the per-operation placeholder expanded to every operation the runs logged
-    (known operations first, in params order)."""
+    """`metrics` with the per-operation placeholder expanded to every operation the runs logged (known operations
+    first, in params order), and the per-length one to every operand length they logged (ascending)."""
     names = []
     for metric in metrics:
-        if OP not in metric:
+        placeholder = next((p for p in (OP, LENGTH) if p in metric), None)
+        if placeholder is None:
             names.append(metric)
             continue
-        head, tail = metric.split(OP)
+        head, tail = metric.split(placeholder)
         pattern = re.compile(re.escape(f"metrics.{head}") + r"([^.]+)" + re.escape(tail) + "$")
         found = {m.group(1) for c in runs.columns if (m := pattern.match(c))}
-        ordered = [op for op in OPERATIONS if op in found] + sorted(found - set(OPERATIONS))
-        names += [metric.replace(OP, op) for op in ordered]
+        if placeholder == OP:
+            ordered = [op for op in OPERATIONS if op in found] + sorted(found - set(OPERATIONS))
+        else:
+            ordered = sorted(found, key=_sort_key)
+        names += [metric.replace(placeholder, value) for value in ordered]
     return names
 
 

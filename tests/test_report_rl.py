@@ -60,6 +60,7 @@ def store(tmp_path_factory):
                                             HELD_OUT: final - 0.001 * (100 - step)}, step=step)
                     mlflow.log_metric("rl_reward", 0.5, step=5)  # logged between validations
                     after = _after(name, seed)
+                    mlflow.log_metrics({f"test_ood.per_operand_length.{n}.exact_match": final / n for n in (10, 4)})
                     mlflow.log_metrics({"rl_fit.a": 0.1 + rl_seed, "rl_fit.b": final + 0.2, "rl_fit.ceiling": 0.3,
                                         "rl_fit.early_ceiling_error_points": 2.0 * (seed + 1),
                                         **{f"rl_val.entropy_by_step.{k}.{kind}": values[k]
@@ -92,6 +93,17 @@ def test_fine_tuning_runs_are_the_units_paired_on_trained_model_and_rl_seed(repo
     assert plain[HELD_OUT].max() > 0  # the derived run's 0.0 never replaced its fine-tuning run's value
     derived = units.loc[units[HELD_OUT] == 0.60]
     assert derived["runs"].iloc[0] == 2 and derived["test.exact_match"].iloc[0] == 0.9  # folded in, gap filled
+
+
+def test_the_ood_readings_expand_to_every_operand_length_logged(report):
+    out, _ = report
+    summary = pd.read_csv(out / "summary.csv")
+    metrics = [c.removesuffix(".n") for c in summary.columns if c.endswith(".n")]
+    lengths = [m for m in metrics if m.startswith("test_ood.per_operand_length.")]
+    assert lengths == ["test_ood.per_operand_length.4.exact_match", "test_ood.per_operand_length.10.exact_match"]
+    plain = summary[summary["baseline"]].iloc[0]
+    assert plain["test_ood.per_operand_length.4.exact_match.mean"] == pytest.approx(np.mean(
+        list(CONFIGS["plain"][1].values())) / 4)
 
 
 def test_differences_from_plain_rl_are_paired_over_the_shared_units(report):
