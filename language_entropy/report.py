@@ -688,21 +688,23 @@ def config_label(summary: pd.DataFrame, row: pd.Series) -> str:
     return ", ".join(changed) or ("plain" if summary.attrs.get("rl") else "baseline")
 
 
+def _units_by_config(summary: pd.DataFrame, units: pd.DataFrame):
+    """(label, the configuration's seed units in seed order) per configuration, in the summary's order."""
+    for _, row in summary.iterrows():
+        mine = units[units["config"] == row["config"]]
+        yield config_label(summary, row), mine.sort_values("seed", key=lambda seeds: seeds.map(_sort_key))
+
+
 def _rl_fit_section(summary: pd.DataFrame, units: pd.DataFrame) -> list[str]:
-    labels = {row["config"]: config_label(summary, row) for _, row in summary.iterrows()}
     lines = ["## Each run's entropy-accuracy fit", "",
              "R = -a exp(H) + b fitted by least squares to the run's validations (R: greedy exact match on the RL "
              "validation split; H: the policy's mean sampled-token entropy at that step, in nats); ceiling = b - a "
              "(R at H = 0). Early: the same fit over the validations in the first 15% of the steps; its ceiling "
              "forecasts the last validation (*final*), error = 100 x (forecast - final), in points.", ""]
-    rows = []
-    for _, unit in units.sort_values(["config", "seed"], key=lambda c: c.map(_sort_key) if c.name == "seed"
-                                     else c.map(list(labels).index)).iterrows():
-        get = unit.get
-        rows.append([labels.get(unit["config"], unit["config"]), str(unit["seed"]),
-                     *(_number(float(get(f"rl_fit.{k}", math.nan))) for k in
-                       ("a", "b", "ceiling", "r2", "final", "early_points", "early_ceiling",
-                        "early_ceiling_error_points", "early_at_final_error_points"))])
+    rows = [[label, str(unit["seed"]), *(_number(float(unit.get(f"rl_fit.{k}", math.nan))) for k in
+                                         ("a", "b", "ceiling", "r2", "final", "early_points", "early_ceiling",
+                                          "early_ceiling_error_points", "early_at_final_error_points"))]
+            for label, mine in _units_by_config(summary, units) for _, unit in mine.iterrows()]
     return lines + _table(["configuration", "seed/rl.seed", "a", "b", "ceiling", "R²", "final", "early points",
                            "early ceiling", "error (points)", "error at final H (points)"], rows) + [""]
 
@@ -727,10 +729,9 @@ def _rl_step_section(summary: pd.DataFrame, units: pd.DataFrame) -> list[str]:
                                                                 math.nan))) for k in found)])
     before = units[[column.format(k=k, kind="before_bits") for k in found]].mean()
     rows.append(["before RL (every trained model)", *(_number(float(v)) for v in before)])
-    for _, row in summary.iterrows():
-        mine = units[units["config"] == row["config"]]
+    for label, mine in _units_by_config(summary, units):
         after = mine[[column.format(k=k, kind="after_bits") for k in found]].mean()
-        rows.append([f"after: {config_label(summary, row)}", *(_number(float(v)) for v in after)])
+        rows.append([f"after: {label}", *(_number(float(v)) for v in after)])
     return lines + _table(header, rows) + [""]
 
 
@@ -849,9 +850,8 @@ def plot_param(summary: pd.DataFrame, param: str, path: str | Path, dpi: int = 1
 
 def _curves_by_config(summary: pd.DataFrame, units: pd.DataFrame, curves: pd.DataFrame):
     """(label, the configuration's units, their curves) per configuration, in the summary's order."""
-    for _, row in summary.iterrows():
-        mine = units[units["config"] == row["config"]]
-        yield config_label(summary, row), mine, curves[curves["run_id"].isin(mine["run_id"])]
+    for label, mine in _units_by_config(summary, units):
+        yield label, mine, curves[curves["run_id"].isin(mine["run_id"])]
 
 
 def plot_rl_fits(summary: pd.DataFrame, units: pd.DataFrame, curves: pd.DataFrame, path: str | Path,

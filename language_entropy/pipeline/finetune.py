@@ -141,8 +141,8 @@ def run_finetune(params: Params, wait: bool = False) -> Path:
     resumed = run_id is not None
     train_run_id = payload.get("mlflow_run_id")
     tags = tracking.run_tags(params.flat())
-    tags.update(stage="finetune", **({tracking.TRAIN_RUN_TAG: train_run_id} if train_run_id else {}),
-                **{"mlflow.runName": f"finetune {tags['mlflow.runName']}"})
+    tags.update({tracking.STAGE_TAG: tracking.FINETUNE_STAGE, "mlflow.runName": f"finetune {tags['mlflow.runName']}",
+                 **({tracking.TRAIN_RUN_TAG: train_run_id} if train_run_id else {})})
     run_id = tracking.start_run(experiment_id, run_id=run_id, tags=None if resumed else tags)
 
     def on_log(row: dict[str, float]) -> None:

@@ -17,7 +17,7 @@ import mlflow
 import pandas as pd
 
 from language_entropy.errors import UserError
-from language_entropy.pipeline.tracking import STUDY_TAG, TRAIN_RUN_TAG
+from language_entropy.pipeline.tracking import FINETUNE_STAGE, STAGE_TAG, STUDY_TAG, TRAIN_RUN_TAG
 from language_entropy.report import CURVE_METRICS, DERIVED_FROM, FINE_TUNED
 
 
@@ -75,7 +75,7 @@ def load_runs(experiment_name: str, tracking_uri: str | None = None, study: str 
     if runs.empty:
         raise UserError(f"MLflow experiment {experiment_name!r} in {uri} has no finished runs")
     runs = runs if study is None else select_study(runs, study)
-    runs[FINE_TUNED] = _tag(runs, "stage") == "finetune"
+    runs[FINE_TUNED] = _tag(runs, STAGE_TAG) == FINETUNE_STAGE
     runs[DERIVED_FROM] = _tag(runs, TRAIN_RUN_TAG).where(~runs[FINE_TUNED], "")
     return runs
 

@@ -43,6 +43,7 @@ SERVER_PROBE_TIMEOUT_S = 5
 PARAMS_DIGEST_TAG = "params_digest"
 STUDY_TAG = "study"  # mlflow.study: the study a run belongs to (stages/compare.py selects by it)
 TRAIN_RUN_TAG = "train_run_id"  # on a run of evaluate/visualize derived from a training run: that run's id
+STAGE_TAG, FINETUNE_STAGE = "stage", "finetune"  # the finetune stage's own run: runs.py tells RL studies by it
 SCHEMA_ROWS = 1000  # rows a logged split's schema is inferred from
 
 
