@@ -19,6 +19,7 @@ numbers bit-identical.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -152,6 +153,16 @@ def operand_length_rates(frame: pd.DataFrame, right) -> dict[str, dict[str, floa
     length = np.maximum(frame["a_digits"].to_numpy(), frame["b_digits"].to_numpy())
     return {str(int(L)): {"n": int((length == L).sum()), **_rate("exact_match", right[length == L])}
             for L in np.unique(length)}
+
+
+def operation_rates(frame: pd.DataFrame, right) -> dict:
+    """Exact match over `frame` and per operation, each with its Wilson 95% interval:
+    {exact_match, exact_match.ci_low, exact_match.ci_high, per_operation: {op: {n, exact_match, ...}}}."""
+    right = np.asarray(right, dtype=bool)
+    ops = frame["op"].to_numpy()
+    return {**_rate("exact_match", right),
+            "per_operation": {str(op): {"n": int((ops == op).sum()), **_rate("exact_match", right[ops == op])}
+                              for op in sorted(np.unique(ops))}}
 
 
 def _breakdown(problems: pd.DataFrame, tokens: pd.DataFrame, key: str, temperatures: tuple[float, ...],
@@ -414,8 +425,10 @@ def headline(report: dict[str, dict]) -> dict[str, dict[str, float | None]]:
     exact match with its Wilson 95% interval and per operation, mean answer entropy (bits), the greedy
     answers' sequence ECE and perplexity; on OOD also the AUROCs of the three error detectors (None where
     undefined) and exact match per operand length (`exact_match_<L>_digits`), beside the trained model's before
-    RL fine-tuning where the report holds it (`exact_match_<L>_digits_before_rl`). Every one of them is also in
-    the full report (eval.json)."""
+    RL fine-tuning where the report holds it (`exact_match_<L>_digits_before_rl`; on test the trained model's
+    exact match overall and per operation, `exact_match_before_rl`, `exact_match_<op>_before_rl`). Under
+    ``training``: whether the training learned (1) or stalled (0), its last validation exact match and the steps
+    to 50% and 90% (None where never reached). Every one of them is also in the full report (eval.json)."""
     top = {}
     for split, numbers in ((split, report[split]) for split in SPLIT_NAMES if split in report):
         entry = {"exact_match": numbers["exact_match"], "exact_match_ci_low": numbers["exact_match.ci_low"],
@@ -429,5 +442,14 @@ def headline(report: dict[str, dict]) -> dict[str, dict[str, float | None]]:
                                 ("_before_rl", numbers.get("before_rl", {}).get("per_operand_length", {}))):
                 entry.update({f"exact_match_{length}_digits{when}": rate["exact_match"]
                               for length, rate in rates.items()})
+        if "before_rl" in numbers and "per_operation" in numbers["before_rl"]:
+            before = numbers["before_rl"]
+            entry["exact_match_before_rl"] = before["exact_match"]
+            entry.update({f"exact_match_{op}_before_rl": values["exact_match"]
+                          for op, values in before["per_operation"].items()})
         top[split] = entry
+    if "learning" in report:
+        learning = report["learning"]
+        top["training"] = {key: learning[key] if math.isfinite(learning[key]) else None
+                           for key in ("learned", "final", "steps_to_50", "steps_to_90") if key in learning}
     return top

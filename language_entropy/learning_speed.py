@@ -22,6 +22,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 LEVELS = (0.5, 0.9, 0.99)  # validation exact match whose first crossing `learning_speed` reads
+LEARNED_LEVEL = 0.9  # a run whose last validation exact match is below this stalled: it did not learn the task
 CURVE_COLUMN = "val_exact_match"
 
 
@@ -73,3 +74,29 @@ def learning_speed(curve: pd.DataFrame, column: str = CURVE_COLUMN, levels: tupl
     readings = {f"steps_to_{100 * level:g}": steps_to_reach(steps, values, level) for level in levels}
     readings["area"] = curve_area(steps, values)
     return readings
+
+
+def learned(curve: pd.DataFrame, column: str = CURVE_COLUMN, level: float = LEARNED_LEVEL) -> bool:
+    """Whether the run learned the task: its last validation exact match is at least `level` (a run below it
+    at the end of its budget stalled on a plateau)."""
+    values = curve[column].dropna()
+    if values.empty:
+        raise ValueError(f"the training curve holds no validation ({column})")
+    return bool(values.iloc[-1] >= level)
+
+
+def learning_outcome(curve: pd.DataFrame) -> dict[str, float]:
+    """What the train stage reports at its end: `learning_speed`'s readings, ``final`` (the last validation
+    exact match) and ``learned`` (1.0 when `learned`, 0.0 for a stalled run: a number, so that MLflow and a
+    study's table count stalls like any other reading)."""
+    final = float(curve[CURVE_COLUMN].dropna().iloc[-1]) if curve[CURVE_COLUMN].notna().any() else math.nan
+    return {**learning_speed(curve), "final": final, "learned": float(learned(curve))}
+
+
+def describe_outcome(outcome: dict[str, float], steps: int) -> str:
+    """One line for the train stage's output, e.g. ``learned: validation exact match 0.998 at step 1500 (50% at
+    step 412, 90% at step 590)`` or ``STALLED: ...`` naming the level a run must reach."""
+    reached = ", ".join(f"{level:g}% at step {outcome[f'steps_to_{level:g}']:.0f}" if math.isfinite(
+        outcome[f"steps_to_{level:g}"]) else f"{level:g}% never" for level in (50, 90))
+    verdict = "learned" if outcome["learned"] else f"STALLED (below {LEARNED_LEVEL:g} at the end)"
+    return f"{verdict}: validation exact match {outcome['final']:.3f} at step {steps} ({reached})"

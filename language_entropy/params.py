@@ -285,6 +285,8 @@ class RLConfig:
     clip_cov_high: float = 5.0
     kl_cov_ratio: float = 0.02  # fraction of tokens (largest covariance) KL-Cov penalises
     kl_cov_coef: float = 1.0
+    replay_weight: float = 0.0  # weight of a supervised cross-entropy term on the train split (the trained lengths)
+    replay_batch_size: int = 64  # train problems per step in that term
     digits: DigitRange = DigitRange(4, 4)  # operand lengths of the RL prompts (data.operations)
     prompt_size: int = 20_000  # RL prompt split
     val_size: int = 500  # RL validation split: greedy exact match every eval_every steps
@@ -297,7 +299,7 @@ class RLConfig:
         _require(self.samples_per_prompt >= 2, "samples_per_prompt",
                  "must be >= 2 (a group needs two answers for a baseline)", self.samples_per_prompt)
         for name in ("prompts_per_step", "minibatches", "ppo_epochs", "prompt_size", "val_size", "eval_every",
-                     "log_every", "checkpoint_every"):
+                     "log_every", "checkpoint_every", "replay_batch_size"):
             _require(getattr(self, name) >= 1, name, "must be >= 1", getattr(self, name))
         _require(self.prompts_per_step % self.minibatches == 0, "minibatches",
                  f"must divide rl.prompts_per_step ({self.prompts_per_step}): a minibatch holds whole groups",
@@ -311,6 +313,7 @@ class RLConfig:
         _require(0.0 <= self.clip_low < 1.0, "clip_low", "must be in [0, 1)", self.clip_low)
         _require(self.clip_high >= 0.0, "clip_high", "must be >= 0", self.clip_high)
         _require(self.kl_coef >= 0.0, "kl_coef", "must be >= 0", self.kl_coef)
+        _require(self.replay_weight >= 0.0, "replay_weight", "must be >= 0", self.replay_weight)
         if self.entropy_target is not None:
             _require(self.entropy_target >= 0, "entropy_target", "must be >= 0 bits or null", self.entropy_target)
         _require(self.entropy_coef_init > 0, "entropy_coef_init", "must be > 0", self.entropy_coef_init)

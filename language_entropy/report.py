@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from language_entropy import time_to_learn
 from language_entropy.errors import UserError
 from language_entropy.params import OPERATIONS, Params
 from language_entropy.plots import new_figure, save_figure
@@ -676,7 +677,24 @@ def markdown_report(summary: pd.DataFrame, title: str, selection: str, units: pd
         lines += ["Not logged by any run: " + ", ".join(f"`{m}`" for m in missing) + ".", ""]
     rl_sections = _rl_fit_section(summary, units) + _rl_step_section(summary, units) \
         if summary.attrs.get("rl") and units is not None else []
-    return "\n".join(lines + rl_sections + _trend_section(summary) + _power_section(summary))
+    survival = _time_to_learn(summary, units)
+    time_section = time_to_learn.markdown_section(survival) if survival is not None else []
+    return "\n".join(lines + time_section + rl_sections + _trend_section(summary) + _power_section(summary))
+
+
+def _time_to_learn(summary: pd.DataFrame, units: pd.DataFrame | None) -> pd.DataFrame | None:
+    """`time_to_learn.time_to_learn_table` of a training study with per-seed units holding steps to 90%, each
+    configuration censored at its `train.steps` (a swept or constant param of the summary); None otherwise."""
+    if summary.attrs.get("rl") or units is None or time_to_learn.TIME_METRIC not in units:
+        return None
+    constant = summary.attrs["constant"].get("train.steps")
+    if "train.steps" not in summary and constant is None:
+        return None
+    budgets = {row["config"]: float(row["train.steps"] if "train.steps" in summary else constant)
+               for _, row in summary.iterrows()}
+    labels = {row["config"]: config_label(summary, row) for _, row in summary.iterrows()}
+    baselines = dict(zip(summary["config"], summary["baseline_config"].fillna(""), strict=True))
+    return time_to_learn.time_to_learn_table(units, budgets, baselines, labels)
 
 
 def config_label(summary: pd.DataFrame, row: pd.Series) -> str:
@@ -994,6 +1012,9 @@ def _write(summary: pd.DataFrame, out_dir: Path, title: str, selection: str, dpi
     paths["markdown"].write_text(markdown_report(summary, title, selection, units))
     for param in summary.attrs["swept"]:
         paths[param] = plot_param(summary, param, out_dir / f"{param}.png", dpi)
+    survival = _time_to_learn(summary, units)
+    if survival is not None:
+        paths["time_to_90"] = time_to_learn.plot_time_to_learn(units, survival, out_dir / "time_to_90.png", dpi)
     if summary.attrs.get("rl") and units is not None and curves is not None:
         paths["rl_fits"] = plot_rl_fits(summary, units, curves, out_dir / "rl_fits.png", dpi)
         paths["rl_curves"] = plot_rl_curves(summary, units, curves, out_dir / "rl_curves.png", dpi)

@@ -12,9 +12,11 @@ Per token i of the sampled answers (advantage A_i is its answer's, r_i = pi(y_i)
     pg_i   = -min(r_i A_i, clip(r_i, 1 - clip_low, 1 + clip_high) A_i)              (DAPO's clip-higher)
     loss_i = pg_i * keep_i [token mask] + kl_coef * k3_i [KL to the reference]
              (+ Clip-Cov: pg_i detached on picked tokens; KL-Cov: + kl_cov_coef |log r_i| on picked tokens)
-    loss   = aggregate(loss_i) + entropy_coef * mean_i H_i
+    loss   = aggregate(loss_i) + entropy_coef * mean_i H_i + replay_weight * CE(replay batch)
 entropy_coef follows `loss.entropy_weight`'s sign convention (> 0 penalises entropy, < 0 is a bonus), or is the
-adaptive SAC-style bonus of `losses.AdaptiveEntropyCoefficient`. docs/rl.md has every formula and its source.
+adaptive SAC-style bonus of `losses.AdaptiveEntropyCoefficient`. The replay term is the supervised cross-entropy
+of the answers of `rl.replay_batch_size` problems of the train split (the lengths the model was trained on, where
+the policy gradient has no signal: every sampled answer is right). docs/rl.md has every formula and its source.
 
 Shapes: N = P * G sampled answers, S = the generation budget (answer steps), T0 the prompt length, V vocab.
 """
@@ -33,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from language_entropy import tokenizer
+from language_entropy.batches import batch_from_tokens, encode_batch
 from language_entropy.entropy import entropy_from_log_probs, to_bits
 from language_entropy.errors import UserError
 from language_entropy.generation import generate_batches
@@ -330,7 +333,7 @@ class FineTuner:
     """
 
     def __init__(self, model: ArithmeticDecoder, config: RLConfig, prompt_texts: list[str], val_texts: list[str],
-                 device: torch.device):
+                 device: torch.device, replay_texts: list[str] | None = None):
         self.config, self.device = config, device
         self.policy = copy.deepcopy(model).to(device).eval()
         self.reference = copy.deepcopy(model).to(device).eval().requires_grad_(False)
@@ -344,6 +347,12 @@ class FineTuner:
         self.targets = answer_targets(prompt_texts, self.max_new_tokens)  # (prompts, S)
         self.val_texts = val_texts
         self.sampler = BatchSampler(len(prompt_texts), config.prompts_per_step, config.seed)
+        self.replay_tokens = self.replay_sampler = None
+        if config.replay_weight > 0:
+            if not replay_texts:
+                raise UserError("rl.replay_weight > 0 needs the train split's problems to replay")
+            self.replay_tokens = encode_batch(replay_texts)["tokens"]  # (R, T) right-padded, on the CPU
+            self.replay_sampler = BatchSampler(len(replay_texts), config.replay_batch_size, config.seed, "rl replay")
         self.step = 0
         self.elapsed_s = 0.0
         self.curve: list[dict[str, float]] = []
@@ -400,6 +409,8 @@ class FineTuner:
                 ref_logp, _ = policy_scores(self.reference, rollout, config.temperature)
         coefficient = self.entropy_coef()
         clip_count = masked_count = torch.zeros((), device=self.device)  # tokens, over every update
+        replay = self.replay_batch() if update and self.replay_tokens is not None else None
+        replay_ce = math.nan
         per_batch = len(rows) // config.minibatches * G  # answers per minibatch: whole groups
         for epoch in range(config.ppo_epochs if update else 0):
             for first in range(0, len(repeated), per_batch):
@@ -410,6 +421,10 @@ class FineTuner:
                 loss, clipped, kept = self._loss(logp, entropy, old_logp[part], advantages[part], mask[part],
                                                  None if ref_logp is None else ref_logp[part], coefficient,
                                                  seeded_generator(config.seed, f"clip-cov {epoch} {first}", self.step))
+                if replay is not None:
+                    ce = self.replay_loss(replay)
+                    loss = loss + config.replay_weight * ce
+                    replay_ce = float(ce.detach())
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), config.grad_clip)
@@ -434,7 +449,7 @@ class FineTuner:
             "kl": float(masked_mean(k3_kl(old_logp, ref_logp), mask)) if ref_logp is not None else math.nan,
             "no_signal_groups": float((groups == groups[:, :1]).all(dim=1).float().mean()),
             "masked_fraction": float(masked_count) / (tokens * config.ppo_epochs),
-            "entropy_coef": float(coefficient), "answer_length": tokens / len(repeated),
+            "entropy_coef": float(coefficient), "answer_length": tokens / len(repeated), "replay_ce": replay_ce,
             **{f"entropy_step_{k}": float(bits) if mask[:, k].any() else math.nan for k, bits in enumerate(by_step)},
         }
         if not math.isfinite(readings["entropy_bits"]):
@@ -443,6 +458,21 @@ class FineTuner:
         self.step += int(update)
         readings["step_ms"] = 1000 * (time.perf_counter() - started)
         return readings
+
+    def replay_batch(self) -> torch.Tensor:
+        """This step's replay problems: tokens (R, W) on the device, W the batch's longest row."""
+        rows = self.replay_sampler.indices(self.step)
+        tokens = self.replay_tokens[rows]
+        width = int((tokens != tokenizer.PAD_ID).sum(dim=1).max())
+        return tokens[:, :width].to(self.device)
+
+    def replay_loss(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy (nats, mean over answer tokens) of the policy's model on replay problems (R, W), at
+        temperature 1 and without abacus offsets (eval mode: the distribution greedy evaluation reads)."""
+        batch = batch_from_tokens(tokens)
+        logits = self.policy(tokens[:, :-1]).float()  # (R, W-1, V)
+        nll = F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")  # (R, W-1)
+        return masked_mean(nll, batch["answer_mask"])
 
     def _loss(self, logp, entropy, old_logp, advantages, mask, ref_logp, coefficient, generator):
         """The objective of one update (see the module's docstring), where the clip binds, and the tokens the

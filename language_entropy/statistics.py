@@ -15,6 +15,10 @@ reading (e.g. its OOD exact match); a configuration's seed values are what these
   (`dose_response_from_stats`: the same from each value's n, mean and sd).
 - `pooled_sd` (`pooled_sd_from_stats`), `seeds_needed`, `detectable_difference`: the between-seed
   spread and what a study of n seeds can resolve (normal approximation).
+- `time_to_event`, `kaplan_meier`, `logrank_test`: a time-to-learn reading (steps to 90% validation exact
+  match) as censored data (a run that never got there is censored at its budget), its Kaplan-Meier curve and
+  the log-rank test of two configurations (scipy.stats.ecdf, scipy.stats.logrank);
+  `exact_proportion_interval`: a count's Clopper-Pearson 95% interval (a stall rate).
 
 Every interval is two-sided 95%. t quantiles come from a table (`T_975`), exact to 1e-15 for df 1..30
 and interpolated in 1/df above (error < 1e-4); p-values from scipy's t distribution at the same df, so
@@ -290,3 +294,38 @@ def detectable_difference(sd: float, n: int, power: float = 0.8, alpha: float = 
     if n < 1:
         raise ValueError(f"n must be >= 1 (got {n})")
     return _z_sum(power, alpha) * sd * math.sqrt((1 if paired else 2) / n)
+
+
+def time_to_event(times: ArrayLike, budgets: ArrayLike) -> stats.CensoredData:
+    """Steps to an event per run (NaN: it never happened) as right-censored data: a run without the event is
+    censored at its budget (it did not get there within `budgets` steps; it might later)."""
+    times, budgets = np.asarray(times, dtype=float), np.broadcast_to(np.asarray(budgets, dtype=float),
+                                                                    np.shape(times))
+    reached = np.isfinite(times)
+    return stats.CensoredData(uncensored=times[reached], right=budgets[~reached])
+
+
+def kaplan_meier(data: stats.CensoredData) -> dict[str, np.ndarray]:
+    """The Kaplan-Meier estimate of the fraction of runs that have not yet had the event (e.g. not yet reached
+    90%), as a step function: ``step`` (0, then each distinct event time) and ``surviving`` at and after it."""
+    if len(data) == data.num_censored():
+        return {"step": np.array([0.0]), "surviving": np.array([1.0])}  # no event: nothing has left the curve
+    sf = stats.ecdf(data).sf
+    return {"step": np.concatenate([[0.0], sf.quantiles]), "surviving": np.concatenate([[1.0], sf.probabilities])}
+
+
+def logrank_test(data: stats.CensoredData, baseline: stats.CensoredData) -> dict[str, float]:
+    """The log-rank test of two time-to-event samples (two-sided): statistic and p. NaN when neither has an
+    event (the test has nothing to compare)."""
+    if len(data) + len(baseline) == data.num_censored() + baseline.num_censored():
+        return {"statistic": math.nan, "p": math.nan}
+    result = stats.logrank(data, baseline)
+    return {"statistic": float(result.statistic), "p": float(result.pvalue)}
+
+
+def exact_proportion_interval(count: int, n: int) -> tuple[float, float]:
+    """The Clopper-Pearson (exact binomial) 95% interval of `count` of `n`; (NaN, NaN) when n is 0."""
+    if n == 0:
+        return math.nan, math.nan
+    interval = stats.binomtest(int(count), int(n)).proportion_ci(confidence_level=0.95, method="exact")
+    return float(interval.low), float(interval.high)

@@ -108,15 +108,16 @@ def seeded_generator(seed: int, stream: str, index: int) -> torch.Generator:
 
 
 class BatchSampler:
-    """Global batch of step s: rows s*B .. (s+1)*B of an endless chain of seeded epoch permutations."""
+    """Global batch of step s: rows s*B .. (s+1)*B of an endless chain of seeded epoch permutations; `stream`
+    names the random stream, so two samplers of one seed (RL's prompts and its replay batches) draw apart."""
 
-    def __init__(self, n_rows: int, batch_size: int, seed: int):
-        self.n_rows, self.batch_size, self.seed = n_rows, batch_size, seed
+    def __init__(self, n_rows: int, batch_size: int, seed: int, stream: str = "data order"):
+        self.n_rows, self.batch_size, self.seed, self.stream = n_rows, batch_size, seed, stream
         self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if epoch != self._epoch:
-            generator = seeded_generator(self.seed, "data order", epoch)
+            generator = seeded_generator(self.seed, self.stream, epoch)
             self._epoch, self._order = epoch, torch.randperm(self.n_rows, generator=generator)
         return self._order
 

@@ -5,8 +5,20 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from language_entropy.learning_speed import curve_area, learning_speed, steps_to_reach
+from language_entropy.data import generate_splits
+from language_entropy.learning_speed import (
+    LEARNED_LEVEL,
+    curve_area,
+    describe_outcome,
+    learned,
+    learning_outcome,
+    learning_speed,
+    steps_to_reach,
+)
+from language_entropy.params import DataConfig, DigitRange, LossConfig, ModelConfig, TrainConfig
+from language_entropy.training import Trainer
 
 
 def test_steps_to_reach_and_area_by_hand():
@@ -54,3 +66,40 @@ def test_learning_speed_reads_the_train_curve_frame():
         learning_speed(curve.drop(columns="val_exact_match"))
     with pytest.raises(ValueError, match="increasing"):
         steps_to_reach([0, 100, 50], [0.1, 0.2, 0.3], 0.5)
+
+
+def test_learned_and_its_line_by_hand():
+    learned_curve = pd.DataFrame({"step": [0, 100, 200], "val_exact_match": [0.0, 0.6, 0.95]})
+    outcome = learning_outcome(learned_curve)
+    # 50%: 0 + 0.5 / 0.6 * 100 = 83.3; 90%: 100 + 0.3 / 0.35 * 100 = 185.7
+    assert outcome["learned"] == 1.0 and outcome["final"] == 0.95
+    assert outcome["steps_to_50"] == pytest.approx(250 / 3) and outcome["steps_to_90"] == pytest.approx(1300 / 7)
+    assert describe_outcome(outcome, 200) == ("learned: validation exact match 0.950 at step 200 "
+                                              "(50% at step 83, 90% at step 186)")
+    stalled = learning_outcome(pd.DataFrame({"step": [0, 100, 200], "val_exact_match": [0.0, 0.95, 0.15]}))
+    assert stalled["learned"] == 0.0  # reached 90% once, but ended below it: the last validation decides
+    assert describe_outcome(stalled, 200).startswith(f"STALLED (below {LEARNED_LEVEL:g} at the end): "
+                                                     "validation exact match 0.150 at step 200 (50% at step 53")
+    assert learned(pd.DataFrame({"step": [0, 10], "val_exact_match": [0.0, LEARNED_LEVEL]}))  # the level itself
+    with pytest.raises(ValueError, match="no validation"):
+        learned(pd.DataFrame({"step": [0], "val_exact_match": [math.nan]}))
+
+
+def _tiny_run(lr: float) -> pd.DataFrame:
+    """A one-layer model trained for 300 steps on 60 one-digit additions and validated on the same 60: with a
+    learning rate it memorises them (a run that learns), with lr 1e-9 (params require lr > 0) it cannot."""
+    splits = generate_splits(DataConfig(operations=("add",), digits=DigitRange(1, 1), ood_digits=DigitRange(2, 2),
+                                        train_size=60, val_size=20, test_size=20, ood_size=20), 0)
+    texts = splits["train"]["text"].tolist()
+    config = TrainConfig(steps=300, batch_size=60, lr=lr, warmup_steps=20, eval_every=50, checkpoint_every=1000)
+    trainer = Trainer(ModelConfig(n_layer=1, n_head=2, n_embd=48, max_seq_len=32), LossConfig(), config, 0, texts,
+                      texts, torch.device("cpu"))
+    return trainer.fit(lambda row: None, lambda state: None, lambda: None).curve
+
+
+def test_the_stall_reading_on_a_run_that_learns_and_one_that_cannot():
+    learns, cannot = learning_outcome(_tiny_run(1e-2)), learning_outcome(_tiny_run(1e-9))
+    assert learns["learned"] == 1.0 and learns["final"] >= LEARNED_LEVEL
+    assert 0 < learns["steps_to_50"] < learns["steps_to_90"] <= 300
+    assert cannot["learned"] == 0.0 and cannot["final"] < 0.2
+    assert math.isnan(cannot["steps_to_50"]) and math.isnan(cannot["steps_to_90"])

@@ -16,13 +16,17 @@ from language_entropy.statistics import (
     detectable_difference,
     dose_response,
     dose_response_from_stats,
+    exact_proportion_interval,
     interval_from_stats,
+    kaplan_meier,
+    logrank_test,
     paired_interval,
     pooled_sd,
     pooled_sd_from_stats,
     seed_interval,
     seeds_needed,
     t_quantile_975,
+    time_to_event,
     welch_interval,
 )
 
@@ -244,3 +248,30 @@ def test_the_from_stats_forms_equal_the_forms_on_seed_values():
     for low, high in ((0.0, 1.0), (0.0, math.inf), (-math.inf, math.inf)):
         assert interval_from_stats(5, values.mean(), values.std(ddof=1), low, high) == pytest.approx(
             bounded_interval(values, low, high) if math.isfinite(low) else seed_interval(values), rel=1e-12)
+
+
+def test_kaplan_meier_and_log_rank_by_hand():
+    # A: 90% at steps 100 and 200, two runs never (censored at the budget 300); B: one at 150, three never
+    a, b = time_to_event([100, 200, math.nan, math.nan], 300), time_to_event([150, math.nan, math.nan, math.nan], 300)
+    assert a.num_censored() == 2 and len(a) == 4
+    curve = kaplan_meier(a)  # S(100) = 3/4, S(200) = 3/4 * 2/3 = 1/2, flat to the budget
+    assert curve["step"].tolist() == [0, 100, 200, 300]
+    assert curve["surviving"] == pytest.approx([1.0, 0.75, 0.5, 0.5])
+    assert kaplan_meier(time_to_event([math.nan] * 3, 500)) == {"step": [0.0], "surviving": [1.0]}
+    # log-rank by hand: at 100 (4 v 4 at risk, A's event) E_A = 1/2, V = 1/4; at 150 (3 v 4, B's) E_A = 3/7,
+    # V = 12/49; at 200 (3 v 3, A's) E_A = 1/2, V = 1/4. Z = (2 - E_A) / sqrt(V)
+    expected, variance = 0.5 + 3 / 7 + 0.5, 0.25 + 12 / 49 + 0.25
+    z = (2 - expected) / math.sqrt(variance)
+    result = logrank_test(a, b)
+    assert result["statistic"] == pytest.approx(z)
+    assert result["p"] == pytest.approx(2 * stats.norm.sf(z))
+    assert result["p"] == pytest.approx(stats.logrank(a, b).pvalue)
+    assert math.isnan(logrank_test(time_to_event([math.nan], 9), time_to_event([math.nan], 9))["p"])
+
+
+def test_exact_proportion_interval_is_clopper_pearson():
+    low, high = exact_proportion_interval(3, 12)
+    # Clopper-Pearson from the beta quantiles: Beta(0.025; 3, 10) and Beta(0.975; 4, 9)
+    assert low == pytest.approx(stats.beta.ppf(0.025, 3, 10)) and high == pytest.approx(stats.beta.ppf(0.975, 4, 9))
+    assert exact_proportion_interval(0, 12) == (0.0, pytest.approx(1 - 0.025 ** (1 / 12)))
+    assert all(math.isnan(v) for v in exact_proportion_interval(0, 0))

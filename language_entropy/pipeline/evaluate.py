@@ -21,11 +21,12 @@ from language_entropy.evaluation import (
     flatten_numbers,
     headline,
     operand_length_rates,
+    operation_rates,
     problem_table,
     rl_entropy_by_step,
 )
 from language_entropy.generation import generate_batched
-from language_entropy.learning_speed import learning_speed
+from language_entropy.learning_speed import learning_outcome
 from language_entropy.measure import expected_answers, generation_prompts, greedy_right
 from language_entropy.model import ArithmeticDecoder
 from language_entropy.params import LossConfig, Params
@@ -141,7 +142,7 @@ def run_evaluation(params: Params, checkpoint: Path, samples: int | None, verbos
     report["digit_geometry"] = digit_geometry(digit_embeddings(model))
     curve = Path(params.paths.metrics) / CURVE_FILE
     if checkpoint in (Path(params.paths.model), Path(params.paths.finetuned)) and curve.exists():
-        report["learning"] = learning_speed(pd.read_csv(curve))
+        report["learning"] = learning_outcome(pd.read_csv(curve))
 
     trained = Path(params.paths.model)
     if not adhoc and checkpoint != trained and trained.exists():  # the model RL started from, on the same problems
@@ -151,6 +152,9 @@ def run_evaluation(params: Params, checkpoint: Path, samples: int | None, verbos
         right = greedy_right(before, ood["text"].tolist(), params.eval.batch_size)
         report["test_ood"]["before_rl"] = {"model": str(trained),
                                            "per_operand_length": operand_length_rates(ood, right)}
+        test = frames["test"].iloc[:samples].reset_index(drop=True)  # the trained lengths: what RL must keep
+        report["test"]["before_rl"] = {"model": str(trained), **operation_rates(
+            test, greedy_right(before, test["text"].tolist(), params.eval.batch_size))}
         # entropy per answer step on the RL validation problems before and after RL, beside the digit-blind level
         by_step = rl_entropy_by_step(before, model, read_split(params.paths.data, "rl_val",
                                                                    params.data.reverse_answer), theory)

@@ -49,7 +49,7 @@ FINETUNE_SCRIPT = "stages/finetune.py"
 CURVE_FILE, FIT_FILE = "rl_curve.csv", "rl_fit.json"  # the curve and its summary: the entropy-ceiling fit
 FIRST_COLUMNS = ["step", "wall_time_s", "reward", "sample_exact_match", "val_exact_match", "entropy_bits",
                  "covariance", "clip_fraction", "kl", "no_signal_groups", "masked_fraction", "entropy_coef",
-                 "answer_length", "step_ms"]
+                 "answer_length", "replay_ce", "step_ms"]
 
 
 def output_paths(params: Params) -> list[Path]:
@@ -90,12 +90,19 @@ def write_outputs(params: Params, curve: pd.DataFrame, fit: dict, model_file) ->
         model_file(staged(finetuned))
 
 
+def rl_split_names(params: Params) -> tuple[str, ...]:
+    """The splits the finetune stage reads: the RL prompts and validation problems, and the train split when the
+    replay term is on."""
+    return (*RL_SPLITS, "train") if params.rl.replay_weight > 0 else RL_SPLITS
+
+
 def fine_tuner(params: Params, payload: dict, splits: dict[str, pd.DataFrame], device) -> FineTuner:
-    """A `FineTuner` of the trained model on the RL prompt and validation splits."""
+    """A `FineTuner` of the trained model on the RL prompt and validation splits (and the train split to replay)."""
     model = load_model(payload, device)
     model.graphed_generation = params.train.cuda_graphs  # acts on CUDA only
+    replay = splits["train"]["text"].tolist() if "train" in splits else None
     return FineTuner(model, params.rl, splits["rl_prompts"]["text"].tolist(), splits["rl_val"]["text"].tolist(),
-                     device)
+                     device, replay)
 
 
 def pass_through(params: Params, tuner: FineTuner, trained: Path) -> Path:
@@ -115,7 +122,7 @@ def run_finetune(params: Params, wait: bool = False) -> Path:
                   dirs=[("paths.resume", Path(params.paths.resume)), ("paths.metrics", Path(params.paths.metrics))])
     payload, trained = trained_model(params)
     device = select_device(params.train.device)
-    splits = {name: read_split(params.paths.data, name, params.data.reverse_answer) for name in RL_SPLITS}
+    splits = {name: read_split(params.paths.data, name, params.data.reverse_answer) for name in rl_split_names(params)}
     if params.rl.steps == 0:
         return pass_through(params, fine_tuner(params, payload, splits, device), trained)
     experiment_id = tracking.connect(params.mlflow.experiment)  # before the work: a bad server fails fast
@@ -125,7 +132,7 @@ def run_finetune(params: Params, wait: bool = False) -> Path:
     trajectory = {key: value for key, value in params.flat().items()  # what decides the weights, as train's
                   if key.startswith("rl.") or key in ("train.device", "train.cuda_graphs")}
     fingerprint = run_fingerprint(trajectory,
-                                  [trained, *(split_path(params.paths.data, name) for name in RL_SPLITS)],
+                                  [trained, *(split_path(params.paths.data, name) for name in rl_split_names(params))],
                                   None, script=FINETUNE_SCRIPT)
     resume_path = resume_checkpoint_path(params, fingerprint, threads)
     state, why = load_resume_state(resume_path, fingerprint, threads)

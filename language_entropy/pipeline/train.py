@@ -23,6 +23,7 @@ from language_entropy import tokenizer
 from language_entropy.checkpoint import load_checkpoint, model_config_differences, model_payload, save_checkpoint
 from language_entropy.data import SPLITS, read_split, split_path
 from language_entropy.errors import UserError
+from language_entropy.learning_speed import describe_outcome, learning_outcome
 from language_entropy.params import Params
 from language_entropy.pipeline import tracking
 from language_entropy.pipeline.cli import StageInterrupted
@@ -104,9 +105,13 @@ def resume_checkpoint_path(params: Params, fingerprint: str, threads: int) -> Pa
     return Path(params.paths.resume) / f"resume-{fingerprint[:16]}-t{threads}.pt"
 
 
+LEARNING_FILE = "learning.json"  # whether the run learned, and when it reached 50% and 90% validation exact match
+
+
 def check_train_outputs(params: Params) -> None:
     check_outputs(files=[("paths.model", Path(params.paths.model)),
-                         ("paths.metrics", Path(params.paths.metrics) / "train_curve.csv")],
+                         ("paths.metrics", Path(params.paths.metrics) / "train_curve.csv"),
+                         ("paths.metrics", Path(params.paths.metrics) / LEARNING_FILE)],
                   dirs=[("paths.resume", Path(params.paths.resume)), ("paths.metrics", Path(params.paths.metrics))])
 
 
@@ -162,16 +167,26 @@ def log_validation(row: dict[str, float]) -> None:
 
 
 def write_trained_model(params: Params, trainer: Trainer, curve: pd.DataFrame, run_id: str, threads: int) -> Path:
-    """The curve and the model (weights, optimizer state, vocabulary, params, run id) replace the old pair
-    together, and go to the open MLflow run as artifacts; returns the model's path."""
-    model_path, curve_path = Path(params.paths.model), Path(params.paths.metrics) / "train_curve.csv"
-    with output_set([curve_path, model_path]) as staged:
+    """The curve, the learning outcome (`learning_speed.learning_outcome`: learned or stalled, steps to 50% and
+    90%) and the model (weights, optimizer state, vocabulary, params, run id) replace the old set together, and go
+    to the open MLflow run (the outcome as `learning.*` metrics, the files as artifacts); returns the model's path.
+    The outcome's line is printed: a stalled run says so at the end of the stage's output."""
+    metrics = Path(params.paths.metrics)
+    model_path, curve_path, learning_path = (Path(params.paths.model), metrics / "train_curve.csv",
+                                             metrics / LEARNING_FILE)
+    outcome = learning_outcome(curve)
+    with output_set([curve_path, learning_path, model_path]) as staged:
         curve.to_csv(staged(curve_path), index=False)
+        finite = {key: value if math.isfinite(value) else None for key, value in outcome.items()}  # JSON has no NaN
+        staged(learning_path).write_text(json.dumps(finite, indent=2) + "\n")
         save_checkpoint(staged(model_path), {
             **model_payload(trainer.model), "optimizer": trainer.optimizer.state_dict(), "vocab": tokenizer.VOCAB,
             "params": params.flat(), "mlflow_run_id": run_id, "steps": trainer.step, "threads": threads})
+    tracking.log_metrics({f"learning.{key}": value for key, value in outcome.items() if math.isfinite(value)})
     tracking.log_artifact(str(curve_path))
+    tracking.log_artifact(str(learning_path))
     tracking.log_artifact(str(model_path), artifact_path="checkpoint")
+    print(describe_outcome(outcome, trainer.step), file=sys.stderr)
     return model_path
 
 
