@@ -146,9 +146,9 @@ RL_DESCRIPTIVE = re.compile(r"^rl_fit\.(points|final|final_entropy_bits|early_po
 CURVE_METRICS = ("rl_entropy_bits", "rl_val_exact_match", "rl_reward")  # the curves of an RL study's figures
 # The entropy controls of RL: a fine-tuning configuration's baseline has them at their defaults (or --baseline's)
 RL_CONTROL_PARAMS = ("rl.entropy_weight", "rl.entropy_target", "rl.entropy_coef_init", "rl.entropy_coef_lr",
-                     "rl.token_mask", "rl.token_mask_quantile", "rl.cov_control", "rl.clip_cov_ratio",
-                     "rl.clip_cov_low", "rl.clip_cov_high", "rl.kl_cov_ratio", "rl.kl_cov_coef", "rl.clip_high",
-                     "rl.kl_coef")
+                     "rl.token_mask", "rl.token_mask_quantile", "rl.entropy_tokens", "rl.cov_control",
+                     "rl.clip_cov_ratio", "rl.clip_cov_low", "rl.clip_cov_high", "rl.kl_cov_ratio", "rl.kl_cov_coef",
+                     "rl.clip_high", "rl.kl_coef")
 TRAINING_SECTIONS = ("data", "model", "loss", "train")
 # How a run was executed or logged, not what was trained: runs that differ only here are seeds of one configuration.
 EXECUTION_PARAMS = ("train.device", "train.nproc_per_node", "train.compile", "train.cuda_graphs", "train.threads",
