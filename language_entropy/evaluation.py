@@ -30,7 +30,7 @@ from language_entropy.errors import UserError
 from language_entropy.measure import continuity_stats, expected_answers, sample_sequences, teacher_forced_stats
 from language_entropy.model import ArithmeticDecoder
 from language_entropy.params import EvalConfig
-from language_entropy.problems import reorder_answer
+from language_entropy.problems import reorder_answer, written_if_well_formed
 from language_entropy.theory import theoretical_levels
 from language_entropy.uncertainty import (
     auroc,
@@ -43,6 +43,7 @@ from language_entropy.uncertainty import (
     semantic_entropy_by_problem,
     sequence_calibration,
     stratified_auroc,
+    stratified_interval_withheld,
     wilson_interval,
 )
 
@@ -131,10 +132,14 @@ def _rate(name: str, hits) -> dict[str, float]:
 def _auroc(name: str, scores, wrong, seed: int, groups=None, strata=None) -> tuple[dict, str | None]:
     """({name, name.ci_low, name.ci_high}, reason when undefined or without interval): an AUROC and its
     bootstrap 95% interval; with `strata`, the mean of the AUROCs within them (`stratified_auroc`) and its
-    bootstrap within strata. No interval where fewer than 10 answers are wrong or right (`interval_withheld`)."""
+    bootstrap within strata. No interval where fewer than 10 answers are wrong or right (`interval_withheld`; with
+    `strata`, in any stratum the mean averages: `stratified_interval_withheld`)."""
     scores, wrong = np.asarray(scores, dtype=float), np.asarray(wrong, dtype=bool)
-    result = auroc(scores, wrong) if strata is None else stratified_auroc(scores, wrong, strata)
-    withheld = interval_withheld(wrong) if result.value is not None else None
+    if strata is None:
+        result, withheld = auroc(scores, wrong), interval_withheld(wrong)
+    else:  # the rule per bucket: the bootstrap resamples each bucket on its own
+        result, withheld = stratified_auroc(scores, wrong, strata), stratified_interval_withheld(wrong, strata)
+    withheld = withheld if result.value is not None else None
     if result.value is None or withheld is not None:
         interval = None
     elif strata is None:
@@ -277,11 +282,13 @@ def _error_detection(model: ArithmeticDecoder, problems: pd.DataFrame, greedy: p
     samples = sample_sequences(model, problems["text"].tolist()[:n_semantic], config.batch_size,
                                config.semantic_temperature, config.top_k, config.top_p,
                                repeats=config.semantic_samples, generator=purpose_generator(seed, "semantic"))
-    samples["answer"] = [reorder_answer(answer, reverse_answer) for answer in samples["answer"]]
+    # only a well-formed answer is un-reversed: reordering "12-" would make the number -21 of it
+    samples["answer"] = [written_if_well_formed(answer, reverse_answer) for answer in samples["answer"]]
     semantic = semantic_entropy_by_problem(samples)
     wrong = ~problems["right"].to_numpy()[:n_semantic]
     scores = {"semantic_entropy": semantic["discrete_semantic_entropy"],
               "semantic_entropy_weighted": semantic["weighted_semantic_entropy"],
+              "semantic_entropy_reference": semantic["reference_semantic_entropy"],
               "token_entropy": greedy["mean_entropy_bits"][:n_semantic],
               "sequence_nll": -greedy["logprob"][:n_semantic]}
     buckets = problems["bucket"].to_numpy()[:n_semantic]
@@ -294,7 +301,8 @@ def _error_detection(model: ArithmeticDecoder, problems: pd.DataFrame, greedy: p
     # each problem's scores beside its answer, for the per-problem table (NaN past the semantic problems)
     problems["mean_token_entropy_bits"] = greedy["mean_entropy_bits"].to_numpy(dtype=float)
     for column, values in (("semantic_entropy_bits", semantic["discrete_semantic_entropy"]),
-                           ("weighted_semantic_entropy_bits", semantic["weighted_semantic_entropy"])):
+                           ("weighted_semantic_entropy_bits", semantic["weighted_semantic_entropy"]),
+                           ("reference_semantic_entropy_nats", semantic["reference_semantic_entropy"])):
         problems[column] = np.nan
         problems.loc[problems.index[:n_semantic], column] = values.to_numpy(dtype=float)
     return semantic, {"pooled": (aurocs, reasons), "stratified": (stratified, stratified_reasons)}
@@ -359,7 +367,9 @@ def evaluate_split(model: ArithmeticDecoder, frame: pd.DataFrame, theory: pd.Dat
         "semantic": {"problems": len(semantic), "samples": config.semantic_samples,
                      "temperature": config.semantic_temperature,
                      "mean_semantic_entropy_bits": float(semantic["discrete_semantic_entropy"].mean()),
-                     "mean_weighted_semantic_entropy_bits": float(semantic["weighted_semantic_entropy"].mean())},
+                     "mean_weighted_semantic_entropy_bits": float(semantic["weighted_semantic_entropy"].mean()),
+                     # Farquhar et al. 2024's estimator (every sample, EOS cut, nats), to compare with published numbers
+                     "mean_reference_semantic_entropy_nats": float(semantic["reference_semantic_entropy"].mean())},
         "auroc": aurocs,
         "auroc_reason": {name: reason for name, reason in reasons.items() if reason is not None},
         # the mean of the AUROCs within each (operation, lengths) bucket: no credit for telling buckets apart
@@ -377,6 +387,7 @@ PROBLEM_COLUMNS = {  # the per-problem table (metrics/problems.parquet): column 
     "written": "written", "correct": "right", "sequence_probability": "confidence_greedy",
     "mean_token_entropy_bits": "mean_token_entropy_bits", "semantic_entropy_bits": "semantic_entropy_bits",
     "weighted_semantic_entropy_bits": "weighted_semantic_entropy_bits",
+    "reference_semantic_entropy_nats": "reference_semantic_entropy_nats",
 }
 
 
@@ -399,7 +410,7 @@ def rl_entropy_by_step(before: ArithmeticDecoder, after: ArithmeticDecoder, prob
 def problem_table(problems: pd.DataFrame) -> pd.DataFrame:
     """One row per problem of a split: the problem (operation, operands, their lengths, the right answer), the
     greedy answer as written and whether it is right, its sequence probability and mean token entropy (bits),
-    and the semantic entropies (bits; NaN past `eval.semantic_problems`)."""
+    and the semantic entropies (bits, the reference one in nats; NaN past `eval.semantic_problems`)."""
     return problems[list(PROBLEM_COLUMNS.values())].set_axis(list(PROBLEM_COLUMNS), axis=1).reset_index(drop=True)
 
 
@@ -416,6 +427,8 @@ def flatten_numbers(tree: dict, prefix: str = "") -> dict[str, float]:
 
 
 SPLIT_NAMES = {"test": "test", "test_ood": "ood"}  # report name -> data split
+# semantic_entropy is the discrete estimator: it needs no likelihoods and is Farquhar et al.'s own discrete one (an
+# AUROC does not see bits or nats), so it compares with published AUROCs as it stands
 HEADLINE_AUROCS = ("semantic_entropy", "token_entropy", "sequence_nll")
 
 

@@ -122,15 +122,17 @@ def sample_sequences(model: ArithmeticDecoder, texts: list[str], batch_size: int
 
     Columns: problem (index into `texts`), answer (as emitted), logprob (nats, of the emitted tokens
     incl. EOS under softmax(logits / temperature), the model's own distribution when greedy, before
-    any top-k/top-p filtering), length (tokens incl. EOS), mean_entropy_bits (mean over the emitted
-    tokens of the entropy of that same distribution).
+    any top-k/top-p filtering), length (tokens incl. EOS), eos_logprob (nats, the EOS's share of
+    logprob; 0 where the sequence ran out of budget without one), ended (whether it ended with an EOS),
+    mean_entropy_bits (mean over the emitted tokens of the entropy of that same distribution).
     """
     model.eval()
     problems = np.repeat(np.arange(len(texts)), repeats)
     prompts, budget = generation_prompts(texts)
     answers = np.empty(len(problems), dtype=object)
-    logprob, mean_entropy = (np.zeros(len(problems), dtype=np.float32) for _ in range(2))
+    logprob, eos_logprob, mean_entropy = (np.zeros(len(problems), dtype=np.float32) for _ in range(3))
     length = np.zeros(len(problems), dtype=np.int64)
+    ended = np.zeros(len(problems), dtype=bool)
     # one batch of probabilities at a time (N x steps x vocab for every sequence would be unbounded)
     for rows, out in generate_batches(model, [prompts[i] for i in problems], batch_size, max_new_tokens=budget,
                                       temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
@@ -142,7 +144,10 @@ def sample_sequences(model: ArithmeticDecoder, texts: list[str], batch_size: int
         index = rows.numpy()
         answers[index] = [tokenizer.emitted_answer(row) for row in out.tokens]
         logprob[index] = (chosen.log() * emitted).sum(1).numpy()
+        eos = out.tokens == tokenizer.EOS_ID  # (B, S): at most one per row, PAD follows it
+        eos_logprob[index] = (chosen.log() * eos).sum(1).numpy()
+        ended[index] = eos.any(1).numpy()
         length[index] = lengths.numpy()
         mean_entropy[index] = ((entropy * emitted).sum(1) / lengths.clamp_min(1)).numpy()
     return pd.DataFrame({"problem": problems, "answer": answers.tolist(), "logprob": logprob, "length": length,
-                         "mean_entropy_bits": mean_entropy})
+                         "eos_logprob": eos_logprob, "ended": ended, "mean_entropy_bits": mean_entropy})

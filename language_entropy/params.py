@@ -247,7 +247,8 @@ class MlflowConfig:
 RL_REWARDS = ("exact", "digits")
 RL_LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
 RL_TOKEN_MASKS = ("none", "top_entropy", "bottom_entropy")
-RL_COV_CONTROLS = ("none", "clip_cov", "kl_cov")
+RL_ENTROPY_TOKENS = ("masked", "all")
+RL_COV_CONTROLS = ("none", "clip_cov", "kl_cov", "kl_cov_clipped")
 
 
 @dataclass(frozen=True)
@@ -279,7 +280,8 @@ class RLConfig:
     entropy_coef_lr: float = 0.01
     token_mask: str = "none"  # top_entropy: gradient on the top entropy quantile only; bottom_entropy: on the rest
     token_mask_quantile: float = 0.2  # the fraction of highest-entropy tokens top_entropy keeps
-    cov_control: str = "none"  # Cui et al. 2025: clip_cov or kl_cov on high-covariance tokens
+    entropy_tokens: str = "masked"  # the entropy term over the tokens the token mask keeps (TRL >= 1.8), or all
+    cov_control: str = "none"  # Cui et al. 2025: clip_cov, kl_cov (unclipped, the paper's) or kl_cov_clipped
     clip_cov_ratio: float = 0.02  # fraction of tokens whose gradient Clip-Cov detaches
     clip_cov_low: float = 1.0  # the covariance band Clip-Cov picks from
     clip_cov_high: float = 5.0
@@ -322,6 +324,8 @@ class RLConfig:
                  self.token_mask)
         _require(0.0 < self.token_mask_quantile <= 1.0, "token_mask_quantile", "must be in (0, 1]",
                  self.token_mask_quantile)
+        _require(self.entropy_tokens in RL_ENTROPY_TOKENS, "entropy_tokens",
+                 f"must be one of {list(RL_ENTROPY_TOKENS)}", self.entropy_tokens)
         _require(self.cov_control in RL_COV_CONTROLS, "cov_control", f"must be one of {list(RL_COV_CONTROLS)}",
                  self.cov_control)
         _require(0.0 < self.clip_cov_ratio <= 1.0, "clip_cov_ratio", "must be in (0, 1]", self.clip_cov_ratio)

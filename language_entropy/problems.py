@@ -11,11 +11,14 @@ answer is reversed (the order in which carries are computed), most significant f
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
 from language_entropy.params import DigitRange
 
+INTEGER = re.compile(r"[+-]?[0-9]+")  # a well-formed answer: an optional sign, then ASCII digits (not " 12", "١٢")
 INT64_SAFE_DIGITS = 18  # |x| < 10**18 fits in int64 with room for a sum
 OPERATIONS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.floor_divide}
 
@@ -95,4 +98,15 @@ def reorder_answer(answer: str, reverse: bool) -> str:
     if not reverse:
         return answer
     sign, digits = ("-", answer[1:]) if answer.startswith("-") else ("", answer)
+    return sign + digits[::-1]
+
+
+def written_if_well_formed(emitted: str, reverse: bool) -> str:
+    """The written form of a well-formed emitted answer (an optional sign then ASCII digits, `INTEGER`): its digits
+    back in reading order, the sign kept in front; any other string unchanged, as emitted. Reordering a malformed
+    answer could make a number of it ("12-" units first would read "-21", "12+" "+21"), so only what the answer
+    format can produce is un-reversed."""
+    if not (reverse and INTEGER.fullmatch(emitted)):
+        return emitted
+    sign, digits = (emitted[0], emitted[1:]) if emitted[0] in "+-" else ("", emitted)
     return sign + digits[::-1]

@@ -26,8 +26,8 @@ folded into a configuration.
 
 Statistics (`language_entropy.statistics`), per configuration and metric, over the seed units that
 logged the metric: n, mean, sample sd and a 95% interval over seeds: Student t, and for a metric with
-a range (`METRIC_RANGES`: rates, AUROC, ECE in [0, 1]; entropies, norms >= 0) the t interval on the
-logit (log) scale of the mean, which never leaves the range (none for a single seed). The baseline of
+a range (`METRIC_RANGES`: rates, AUROC, ECE, the RL fit's R² in [0, 1]; entropies, norms >= 0) the t interval
+on the logit (log) scale of the mean, which never leaves the range (none for a single seed). The baseline of
 a configuration is the configuration with the same data, model and train params and every loss param
 at its default (`Params().flat()`). The difference from it is *paired* when the two share 2+ seeds
 (seed k draws the same data in both, `data.seed` fixed or following `seed`): the t interval of the
@@ -147,16 +147,16 @@ RL_DESCRIPTIVE = re.compile(r"^rl_fit\.(points|final|final_entropy_bits|early_po
 CURVE_METRICS = ("rl_entropy_bits", "rl_val_exact_match", "rl_reward")  # the curves of an RL study's figures
 # The entropy controls of RL: a fine-tuning configuration's baseline has them at their defaults (or --baseline's)
 RL_CONTROL_PARAMS = ("rl.entropy_weight", "rl.entropy_target", "rl.entropy_coef_init", "rl.entropy_coef_lr",
-                     "rl.token_mask", "rl.token_mask_quantile", "rl.cov_control", "rl.clip_cov_ratio",
-                     "rl.clip_cov_low", "rl.clip_cov_high", "rl.kl_cov_ratio", "rl.kl_cov_coef", "rl.clip_high",
-                     "rl.kl_coef")
+                     "rl.token_mask", "rl.token_mask_quantile", "rl.entropy_tokens", "rl.cov_control",
+                     "rl.clip_cov_ratio", "rl.clip_cov_low", "rl.clip_cov_high", "rl.kl_cov_ratio", "rl.kl_cov_coef",
+                     "rl.clip_high", "rl.kl_coef")
 TRAINING_SECTIONS = ("data", "model", "loss", "train")
 # How a run was executed or logged, not what was trained: runs that differ only here are seeds of one configuration.
 EXECUTION_PARAMS = ("train.device", "train.nproc_per_node", "train.compile", "train.cuda_graphs", "train.threads",
                     "train.threads_resolved", "train.eval_every", "train.log_every", "train.checkpoint_every")
 # The values each reading can take (regex on the metric name, first match): intervals stay inside them.
 METRIC_RANGES = (
-    (r"exact_match$|auroc\.|sequence_ece\.|^learning\.area$", (0.0, 1.0)),
+    (r"exact_match$|auroc\.|sequence_ece\.|^learning\.area$|^rl_fit\.r2$", (0.0, 1.0)),  # R^2 with an intercept
     (r"entropy_bits$|continuity_l2$|hidden_norm$|^learning\.steps_to_", (0.0, math.inf)),
     (r"continuity_cosine$", (0.0, 2.0)),  # a cosine distance, 1 - cos
     (r"rank_correlation$|neighbour_cosine$|other_cosine$", (-1.0, 1.0)),

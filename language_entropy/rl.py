@@ -10,9 +10,12 @@ sampling temperature, with PAD and BOS never generated (`policy_scores`).
 
 Per token i of the sampled answers (advantage A_i is its answer's, r_i = pi(y_i) / pi_old(y_i)):
     pg_i   = -min(r_i A_i, clip(r_i, 1 - clip_low, 1 + clip_high) A_i)              (DAPO's clip-higher)
+             (KL-Cov, as verl's compute_policy_loss_kl_cov: the unclipped -r_i A_i instead, no PPO clip)
     loss_i = pg_i * keep_i [token mask] + kl_coef * k3_i [KL to the reference]
-             (+ Clip-Cov: pg_i detached on picked tokens; KL-Cov: + kl_cov_coef |log r_i| on picked tokens)
-    loss   = aggregate(loss_i) + entropy_coef * mean_i H_i + replay_weight * CE(replay batch)
+             (+ Clip-Cov: pg_i detached on picked tokens where the clip does not bind;
+              KL-Cov: + kl_cov_coef |log r_i| on picked tokens)
+    loss   = aggregate(loss_i) + entropy_coef * mean H_i over the tokens the token mask keeps (every token with
+             rl.entropy_tokens: all) + replay_weight * CE(replay batch)
 entropy_coef follows `loss.entropy_weight`'s sign convention (> 0 penalises entropy, < 0 is a bonus), or is the
 adaptive SAC-style bonus of `losses.AdaptiveEntropyCoefficient`. The replay term is the supervised cross-entropy
 of the answers of `rl.replay_batch_size` problems of the train split (the lengths the model was trained on, where
@@ -116,6 +119,12 @@ def clipped_objective(logp: torch.Tensor, old_logp: torch.Tensor, advantages: to
     return -torch.minimum(plain, clipped), clipped < plain
 
 
+def unclipped_objective(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    """The plain importance-weighted surrogate per token, -r A with r = exp(logp - old_logp): KL-Cov's objective
+    (Cui et al. 2025, verl's compute_policy_loss_kl_cov), which has no PPO clip. Shapes as `clipped_objective`."""
+    return -torch.exp(logp - old_logp) * advantages[:, None]
+
+
 def aggregate(token_loss: torch.Tensor, mask: torch.Tensor, loss_type: str, max_length: int) -> torch.Tensor:
     """One number from per-token values (N, S) over `mask`, as TRL's `loss_type`:
     grpo: each answer's token mean, then the mean over answers (a short answer's tokens weigh more);
@@ -176,11 +185,13 @@ def pick_count(ratio: float, tokens: int) -> int:
     return max(int(ratio * tokens), 1) if tokens else 0
 
 
-def clip_cov_tokens(covariance: torch.Tensor, mask: torch.Tensor, ratio: float, low: float, high: float,
-                    generator: torch.Generator) -> torch.Tensor:
-    """Clip-Cov's tokens (N, S) bool: pick_count(ratio, tokens) drawn uniformly without replacement among the
-    tokens whose covariance lies in [low, high] (all of them when fewer)."""
-    band = mask & (covariance >= low) & (covariance <= high)
+def clip_cov_tokens(covariance: torch.Tensor, mask: torch.Tensor, clipped: torch.Tensor, ratio: float, low: float,
+                    high: float, generator: torch.Generator) -> torch.Tensor:
+    """Clip-Cov's tokens (N, S) bool: pick_count(ratio, tokens of `mask`) drawn uniformly without replacement among
+    the tokens of `mask` where the PPO clip does not bind (`clipped` False: a clipped token's gradient is already
+    zero) and whose covariance lies strictly inside (low, high); all of them when fewer. As verl's
+    compute_policy_loss_clip_cov (its cov_all set to -inf where clip_by_origin, then low < cov < high)."""
+    band = mask & ~clipped & (covariance > low) & (covariance < high)
     candidates = torch.nonzero(band.flatten()).flatten().cpu()  # (K,)
     count = min(pick_count(ratio, int(mask.sum())), len(candidates))
     chosen = candidates[torch.randperm(len(candidates), generator=generator)[:count]]
@@ -479,23 +490,26 @@ class FineTuner:
         policy gradient keeps (token mask and Clip-Cov)."""
         config = self.config
         token_loss, clipped = clipped_objective(logp, old_logp, advantages, config.clip_low, config.clip_high)
+        if config.cov_control == "kl_cov":  # the paper's KL-Cov has no PPO clip: nothing binds
+            token_loss, clipped = unclipped_objective(logp, old_logp, advantages), torch.zeros_like(clipped)
         kept = entropy_token_mask(entropy.detach(), mask, config.token_mask, config.token_mask_quantile)
-        token_loss = torch.where(kept, token_loss, 0.0)  # the mask restricts the policy gradient alone
+        entropy_tokens = kept if config.entropy_tokens == "masked" else mask  # before Clip-Cov's picks
+        token_loss = torch.where(kept, token_loss, 0.0)  # the mask restricts the policy gradient (not the KL)
         if config.cov_control != "none":
             covariance = token_covariance(logp, advantages, mask)
             if config.cov_control == "clip_cov":
-                picked = clip_cov_tokens(covariance, mask, config.clip_cov_ratio, config.clip_cov_low,
+                picked = clip_cov_tokens(covariance, mask, clipped, config.clip_cov_ratio, config.clip_cov_low,
                                          config.clip_cov_high, generator)
                 token_loss = torch.where(picked, token_loss.detach(), token_loss)
                 kept = kept & ~picked
-            else:
+            else:  # kl_cov (unclipped) or kl_cov_clipped (the PPO clip kept)
                 picked = kl_cov_tokens(covariance, mask, config.kl_cov_ratio)
                 token_loss = token_loss + torch.where(picked, config.kl_cov_coef * (logp - old_logp).abs(), 0.0)
         if config.kl_coef > 0:
             token_loss = token_loss + config.kl_coef * k3_kl(logp, ref_logp)
         loss = aggregate(token_loss, mask, config.loss_type, self.max_new_tokens)
         if isinstance(coefficient, torch.Tensor) or coefficient != 0:
-            loss = loss + coefficient * masked_mean(entropy, mask)
+            loss = loss + coefficient * masked_mean(entropy, entropy_tokens)
         return loss, clipped, kept
 
     # --- validation and the loop ---------------------------------------------------------------------------

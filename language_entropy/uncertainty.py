@@ -5,10 +5,13 @@ summaries live in `language_entropy.entropy`.
 
 - `auroc`: how well an uncertainty score separates wrong answers from right ones.
 - `expected_calibration_error`: how well a confidence matches the accuracy it claims.
-- `semantic_clusters`, `discrete_semantic_entropy`, `weighted_semantic_entropy` and the batch
-  `semantic_entropy_by_problem`: entropy over the *meanings* of sampled answers
-  (Kuhn, Gal & Farquhar, "Semantic Uncertainty", ICLR 2023; Farquhar et al., "Detecting
-  hallucinations in large language models using semantic entropy", Nature 2024).
+- `semantic_clusters`, `discrete_semantic_entropy`, `weighted_semantic_entropy`,
+  `reference_semantic_entropy` and the batch `semantic_entropy_by_problem`: entropy over the
+  *meanings* of sampled answers (the idea of Kuhn, Gal & Farquhar, "Semantic Uncertainty", ICLR
+  2023; the estimators of Farquhar et al., "Detecting hallucinations in large language models using
+  semantic entropy", Nature 2024: the discrete one as theirs, `reference_semantic_entropy` as their
+  `semantic_uncertainty` code's likelihood-weighted one, `weighted_semantic_entropy` this project's
+  variant of it).
 - `perplexity`, `digit_accuracy`: plain accuracy and likelihood summaries.
 - `wilson_interval`, `bootstrap_auroc_interval`: how far a proportion or an AUROC can be trusted;
   `interval_withheld`: why an AUROC interval is not given (too few wrong or right answers).
@@ -17,14 +20,14 @@ summaries live in `language_entropy.entropy`.
   easy one gets 0.5, where the pooled AUROC would credit it.
 - `brier_score`, `sequence_calibration`: calibration of one confidence per whole answer.
 
-Entropies are in bits; log-probabilities and negative log-likelihoods are in nats.
+Entropies are in bits (`reference_semantic_entropy` in nats, as its reference); log-probabilities and
+negative log-likelihoods are in nats.
 """
 
 from __future__ import annotations
 
 import math
 import operator
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,11 +36,10 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from sklearn.metrics import roc_auc_score
 
-RELIABILITY_COLUMNS = ("bin", "bin_lower", "bin_upper", "count", "confidence", "accuracy", "gap")
-SEMANTIC_SAMPLE_COLUMNS = ("problem", "answer", "logprob", "length")
+from language_entropy.problems import INTEGER  # ASCII digits only: int() would also accept " 12", "1_2" and "١٢"
 
-_INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: int() would also accept " 12", "1_2" and "١٢"
-_BIN_EDGE_DECIMALS = 9  # confidence * n_bins is rounded to this many decimals before taking the floor
+RELIABILITY_COLUMNS = ("bin", "bin_lower", "bin_upper", "count", "confidence", "accuracy", "gap")
+SEMANTIC_SAMPLE_COLUMNS = ("problem", "answer", "logprob", "length", "eos_logprob", "ended")
 
 
 @dataclass(frozen=True)
@@ -89,10 +91,12 @@ def expected_calibration_error(confidence: ArrayLike, correct: ArrayLike,
     confidence: the model's probability that each answer is right, in [0, 1].
     correct: 1 (or True) where the answer is right.
 
-    Bin b of `n_bins` equal-width bins holds the confidences in [b / n_bins, (b + 1) / n_bins);
-    the last bin also holds 1.0. A confidence on a bin edge goes to the upper bin; the edge test
-    tolerates floating-point representation (``0.57`` is in bin 57 of 100 although
-    ``0.57 * 100 == 56.99999999999999``).
+    Bin b of `n_bins` equal-width bins holds the confidences in (b / n_bins, (b + 1) / n_bins]; the
+    first bin also holds 0. A confidence on a bin edge goes to the lower bin, as Guo et al.'s
+    B_m = ((m - 1) / M, m / M], and exactly as scikit-learn's `calibration_curve` (strategy
+    "uniform") assigns it: the edges are ``np.linspace(0, 1, n_bins + 1)`` and the bin is
+    ``np.searchsorted(edges[1:-1], confidence)`` (side "left"), so an edge is the float linspace
+    gives (``0.57`` of 100 bins is on edge 57 and goes to bin 56).
 
         ECE = sum_b (n_b / N) * |acc_b - conf_b|
 
@@ -114,14 +118,13 @@ def expected_calibration_error(confidence: ArrayLike, correct: ArrayLike,
         raise ValueError(f"confidence must be in [0, 1]: {int(outside.sum())} of {confidence.size} are not, "
                          f"first {float(confidence[first])} at index {first}")
 
-    bins = np.floor(np.round(confidence * n_bins, _BIN_EDGE_DECIMALS)).astype(np.int64)
-    bins = np.minimum(bins, n_bins - 1)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.searchsorted(edges[1:-1], confidence)  # scikit-learn's rule: an edge goes to the lower bin
     count = np.bincount(bins, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):  # empty bins: 0 / 0 = NaN, as documented
         mean_confidence = np.bincount(bins, weights=confidence, minlength=n_bins) / count
         accuracy = np.bincount(bins, weights=correct, minlength=n_bins) / count
     gap = mean_confidence - accuracy
-    edges = np.arange(n_bins + 1) / n_bins
     table = pd.DataFrame({
         "bin": np.arange(n_bins), "bin_lower": edges[:-1], "bin_upper": edges[1:], "count": count,
         "confidence": mean_confidence, "accuracy": accuracy, "gap": gap,
@@ -136,11 +139,12 @@ def semantic_clusters(answers: Sequence[str]) -> list[int]:
 
     Two answers mean the same when both parse as the same integer: an optional ``+`` or ``-``
     then one or more ASCII digits, so ``012`` = ``12``, ``-0`` = ``0`` = ``+0`` and ``-05`` = ``-5``.
-    Any other string (``1a``, empty, ``--3``, ``1-2``, ``12`` with a leading space) has no numeric
-    meaning and is its own cluster, shared only with identical strings. This is the arithmetic
-    analogue of the bidirectional-entailment clustering of Kuhn et al. (2023), with meaning
-    equivalence decided exactly.
-    Answers are as a person writes them (already un-reversed).
+    Any other string (``1a``, empty, ``--3``, ``1-2``, ``12-``, ``12`` with a leading space) has no
+    numeric meaning and is its own cluster, shared only with identical strings. This is the
+    arithmetic analogue of the bidirectional-entailment clustering of Kuhn et al. (2023), with
+    meaning equivalence decided exactly.
+    Answers are as a person writes them: a well-formed emitted answer un-reversed, any other left as
+    emitted (`problems.written_if_well_formed`), so a malformed one never becomes a number.
     """
     ids: dict[tuple[str, object], int] = {}
     return [ids.setdefault(_meaning(answer), len(ids)) for answer in answers]
@@ -160,43 +164,75 @@ def discrete_semantic_entropy(answers: Sequence[str]) -> float:
 
 
 def weighted_semantic_entropy(answers: Sequence[str], sequence_logprobs: ArrayLike, lengths: ArrayLike) -> float:
-    """Likelihood-weighted semantic entropy in bits (Kuhn et al. 2023), for one problem's samples.
+    """This project's likelihood-weighted semantic entropy in bits, for one problem's samples.
 
     answers: the sampled answers, as a person writes them.
     sequence_logprobs: log-probability in nats of each whole generated sequence, EOS included.
     lengths: each sequence's token count (EOS included), >= 1.
 
     Each distinct sequence s gets its length-normalised likelihood w_s = exp(logprob_s / length_s)
-    (the geometric-mean token probability); a cluster's mass is the sum over the distinct sequences
-    in it, and masses are renormalised over clusters:
+    (the geometric-mean token probability, EOS included); a cluster's mass is the sum over the
+    distinct sequences in it, and masses are renormalised over clusters:
 
         SE = -sum_c p_c log2 p_c,  p_c = sum_{s in c} w_s / sum_s w_s
 
-    Distinct, as in Kuhn et al.'s set of unique generations: a sequence sampled twice counts once,
-    so the weights estimate the model's own probabilities rather than adding the sampling
-    frequency on top. A sequence is identified by its answer string and token count (one token per
-    character and a bijective un-reversal make the pair identify the tokens); a repeat's logprob
-    equals the first's up to floating-point noise, and the first is used.
+    Distinct: a sequence sampled twice counts once, so the weights estimate the model's own
+    probabilities rather than adding the sampling frequency on top. This is where it departs from
+    the reference estimator of Farquhar et al. 2024 (`reference_semantic_entropy`: every sample
+    counted, EOS outside the length, nats): 9 x "5" and 1 x "7" at equal likelihood give 1 bit here
+    and 0.325 nats (0.469 bits) there. A sequence is identified by its answer string and token count
+    (one token per character, and only well-formed answers un-reversed, make the pair identify the
+    tokens); a repeat's logprob equals the first's up to floating-point noise, and the first is used.
     """
-    logprobs = np.asarray(sequence_logprobs, dtype=float)
-    lengths = np.asarray(lengths)
-    if not (len(answers) == logprobs.size == lengths.size):
-        raise ValueError(f"answers, sequence_logprobs and lengths must have equal lengths "
-                         f"(got {len(answers)}, {logprobs.size}, {lengths.size})")
-    samples = pd.DataFrame({"problem": 0, "answer": list(answers), "logprob": logprobs, "length": lengths})
+    logprobs, lengths = _one_problem(answers, sequence_logprobs, lengths)
+    samples = pd.DataFrame({"problem": 0, "answer": list(answers), "logprob": logprobs, "length": lengths,
+                            "eos_logprob": 0.0, "ended": False})
     return float(semantic_entropy_by_problem(samples)["weighted_semantic_entropy"].iloc[0])
+
+
+def reference_semantic_entropy(answers: Sequence[str], answer_logprobs: ArrayLike, answer_lengths: ArrayLike) -> float:
+    """Likelihood-weighted semantic entropy in nats as Farquhar et al. 2024's `semantic_uncertainty`
+    code computes it, for one problem's samples.
+
+    answers: the sampled answers, as a person writes them.
+    answer_logprobs: log-probability in nats of each sample's tokens before its stop token (EOS).
+    answer_lengths: the number of those tokens, >= 1.
+
+    Every sample i counts (repeats included) with the log of its length-normalised likelihood,
+    l_i = answer_logprob_i / answer_length_i (the mean token log-likelihood, the stop token cut
+    out); a cluster's log-mass is the logsumexp of its samples' l_i minus the logsumexp over all
+    samples, and the entropy is -sum_c p_c ln p_c (their `logsumexp_by_id` with "sum_normalized",
+    then `predictive_entropy_rao`). 9 x "5" and 1 x "7" at equal likelihood: p = (0.9, 0.1), 0.325 nats.
+    """
+    logprobs, lengths = _one_problem(answers, answer_logprobs, answer_lengths)
+    samples = pd.DataFrame({"problem": 0, "answer": list(answers), "logprob": logprobs, "length": lengths,
+                            "eos_logprob": 0.0, "ended": False})
+    return float(semantic_entropy_by_problem(samples)["reference_semantic_entropy"].iloc[0])
+
+
+def _one_problem(answers: Sequence[str], logprobs: ArrayLike, lengths: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    logprobs, lengths = np.asarray(logprobs, dtype=float), np.asarray(lengths)
+    if not (len(answers) == logprobs.size == lengths.size):
+        raise ValueError(f"answers, logprobs and lengths must have equal lengths "
+                         f"(got {len(answers)}, {logprobs.size}, {lengths.size})")
+    return logprobs, lengths
 
 
 def semantic_entropy_by_problem(samples: pd.DataFrame) -> pd.DataFrame:
     """Semantic entropies of many problems at once, vectorised over problems.
 
     samples: one row per sampled answer with columns ``problem`` (any hashable id), ``answer``
-    (str, as a person writes it), ``logprob`` (nats, whole sequence with EOS) and ``length``
-    (token count with EOS).
+    (str, as a person writes it), ``logprob`` (nats, whole sequence with EOS), ``length``
+    (token count with EOS), ``eos_logprob`` (nats, the log-probability of the EOS the sequence
+    ended with, 0 where it has none) and ``ended`` (bool, whether it ended with an EOS):
+    `measure.sample_sequences`'s columns.
 
     Returns one row per problem (index ``problem``, sorted) with columns ``n_samples``,
-    ``n_clusters``, ``discrete_semantic_entropy`` and ``weighted_semantic_entropy`` (bits), each
-    entropy exactly as the single-problem function of that name defines it.
+    ``n_clusters``, ``discrete_semantic_entropy`` and ``weighted_semantic_entropy`` (bits) and
+    ``reference_semantic_entropy`` (nats), each exactly as the single-problem function of that
+    name defines it. The reference estimator sees each sequence without its EOS (logprob minus
+    eos_logprob over length minus ended tokens); an empty answer, the EOS alone, keeps its EOS as
+    its one token (a mean over no tokens is undefined).
     """
     missing = [column for column in SEMANTIC_SAMPLE_COLUMNS if column not in samples.columns]
     if missing:
@@ -226,9 +262,16 @@ def semantic_entropy_by_problem(samples: pd.DataFrame) -> pd.DataFrame:
     per_token -= pd.Series(per_token).groupby(problem_codes[distinct]).transform("max").to_numpy()
     weighted = _grouped_entropy_bits(problem_codes[distinct], cluster_codes[distinct], np.exp(per_token))
 
+    # the reference: every sample, the stop token cut out (kept where it is the whole sequence), nats
+    ended = samples["ended"].to_numpy(dtype=bool) & (length > 1)
+    mean_loglik = (logprob - np.where(ended, samples["eos_logprob"].to_numpy(dtype=float), 0.0)) / (length - ended)
+    mean_loglik -= pd.Series(mean_loglik).groupby(problem_codes).transform("max").to_numpy()  # cancels, as above
+    reference = _grouped_entropy_bits(problem_codes, cluster_codes, np.exp(mean_loglik)) * math.log(2)
+
     return pd.DataFrame({
         "n_samples": n_samples, "n_clusters": n_clusters,
         "discrete_semantic_entropy": discrete, "weighted_semantic_entropy": weighted,
+        "reference_semantic_entropy": reference,
     }, index=pd.Index(problems, name="problem"))
 
 
@@ -272,7 +315,7 @@ def _meaning(answer: str) -> tuple[str, object]:
     """The clustering key of an answer: ("int", value) when it parses as an integer, else ("str", answer)."""
     if not isinstance(answer, str):
         raise TypeError(f"answers must be str (got {type(answer).__name__}: {answer!r})")
-    return ("int", int(answer)) if _INTEGER.fullmatch(answer) else ("str", answer)
+    return ("int", int(answer)) if INTEGER.fullmatch(answer) else ("str", answer)
 
 
 def _grouped_entropy_bits(groups: np.ndarray, clusters: np.ndarray, mass: np.ndarray) -> np.ndarray:
@@ -503,11 +546,32 @@ def interval_withheld(labels: ArrayLike, minimum: int = MIN_CLASS_FOR_INTERVAL) 
     """Why no interval is given for an AUROC over `labels` (1 = wrong): "no interval: 3 wrong answers
     (fewer than 10)", or None when each class has at least `minimum` members. A bootstrap over 2-3
     wrong answers resamples the same few points and draws a narrow interval it cannot back."""
-    labels = _binary(labels, "labels")
+    short = _short_classes(_binary(labels, "labels"), minimum)
+    return f"no interval: {short} (fewer than {minimum})" if short else None
+
+
+def _short_classes(labels: np.ndarray, minimum: int) -> str:
+    """The classes of 0/1 `labels` with fewer than `minimum` members, e.g. "3 wrong answers"; "" when none."""
     wrong = int(labels.sum())
     counts = {"wrong": wrong, "right": labels.size - wrong}
-    short = [f"{count} {name} answer{'s' if count != 1 else ''}" for name, count in counts.items() if count < minimum]
-    return f"no interval: {' and '.join(short)} (fewer than {minimum})" if short else None
+    return " and ".join(f"{count} {name} answer{'s' if count != 1 else ''}"
+                        for name, count in counts.items() if count < minimum)
+
+
+def stratified_interval_withheld(labels: ArrayLike, strata: ArrayLike,
+                                 minimum: int = MIN_CLASS_FOR_INTERVAL) -> str | None:
+    """Why no interval is given for a within-bucket AUROC (`stratified_auroc`) over `labels` (1 = wrong):
+    the rule of `interval_withheld` applied in each bucket the estimate averages (those holding both
+    classes), since the bootstrap resamples each of them on its own: "no interval: in sub_4x5 3 right
+    answers (fewer than 10 in a bucket)", or None when every such bucket has at least `minimum` of each class."""
+    labels, strata = _binary(labels, "labels"), np.asarray(strata)
+    _same_length(labels, strata, "labels", "strata")
+    short = []
+    for stratum in sorted(set(strata.tolist())):
+        inside = labels[strata == stratum]
+        if inside.min() != inside.max() and (classes := _short_classes(inside, minimum)):  # both classes: averaged
+            short.append(f"in {stratum} {classes}")
+    return f"no interval: {'; '.join(short)} (fewer than {minimum} in a bucket)" if short else None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import torch
 from language_entropy import tokenizer
 from language_entropy.data import generate_splits
 from language_entropy.evaluation import digit_blind_levels, evaluate_split, flatten_numbers, rl_entropy_by_step
-from language_entropy.measure import expected_answers, sample_sequences, teacher_forced_stats
+from language_entropy.measure import expected_answers, generation_prompts, sample_sequences, teacher_forced_stats
 from language_entropy.model import ArithmeticDecoder
 from language_entropy.params import DataConfig, DigitRange, EntropyConfig, EvalConfig, ModelConfig
 from language_entropy.problems import reorder_answer
@@ -58,6 +58,21 @@ def test_sampled_sequences_score_what_they_emit(model, frame):
     assert (sampled["logprob"] <= 0).all() and (sampled["length"] >= 1).all()
     same = sample_sequences(model, texts, 8, temperature=1.0, repeats=4, generator=torch.Generator().manual_seed(1))
     pd.testing.assert_frame_equal(sampled, same)
+    # the EOS's share of each logprob: the sequence scored again without its EOS step, by teacher forcing
+    prompts, _ = generation_prompts(texts)
+    for row in sampled.itertuples():
+        ids = [*prompts[row.problem], *tokenizer.encode(row.answer)]
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).double().masked_fill(model.never_generated, -torch.inf)
+            log_probs = torch.log_softmax(logits, dim=-1)[0]  # generation's distribution: PAD and BOS removed
+        answer = sum(float(log_probs[len(prompts[row.problem]) - 1 + k, token])
+                     for k, token in enumerate(tokenizer.encode(row.answer)))
+        assert row.ended == (row.length == len(row.answer) + 1)
+        assert row.logprob - row.eos_logprob == pytest.approx(answer, abs=1e-4)
+        if row.ended:
+            assert row.eos_logprob == pytest.approx(float(log_probs[-1, tokenizer.EOS_ID]), abs=1e-4)
+        else:
+            assert row.eos_logprob == 0.0
 
 
 def test_split_report_is_internally_consistent(model, frame):
@@ -83,7 +98,8 @@ def test_split_report_is_internally_consistent(model, frame):
     for entry in [summary, *per_op.values(), *per_bucket.values()]:  # every exact match has its interval around it
         assert entry["exact_match.ci_low"] <= entry["exact_match"] <= entry["exact_match.ci_high"]
     assert report.token_reliability["count"].sum() == sum(len(a) + 1 for a in expected_answers(frame["text"].tolist()))
-    names = ("semantic_entropy", "semantic_entropy_weighted", "token_entropy", "sequence_nll")
+    names = ("semantic_entropy", "semantic_entropy_weighted", "semantic_entropy_reference", "token_entropy",
+             "sequence_nll")
     assert set(summary["auroc"]) == {f"{n}{s}" for n in names for s in ("", ".ci_low", ".ci_high")}
     for name in names:
         value = summary["auroc"][name]

@@ -10,6 +10,7 @@ from language_entropy.uncertainty import (
     bootstrap_stratified_auroc_interval,
     interval_withheld,
     stratified_auroc,
+    stratified_interval_withheld,
 )
 
 
@@ -71,3 +72,14 @@ def test_interval_withheld_below_ten_of_a_class():
     assert interval_withheld([1] * 50 + [0]) == "no interval: 1 right answer (fewer than 10)"
     assert interval_withheld([1] * 4 + [0] * 5) == "no interval: 4 wrong answers and 5 right answers (fewer than 10)"
     assert interval_withheld([1] * 10 + [0] * 10) is None
+
+
+def test_the_within_bucket_interval_is_withheld_per_bucket():
+    # 50 wrong and 50 right over the split, enough for the pooled rule; but bucket b holds 3 wrong of 20, and its
+    # bootstrap resamples those 3 on their own: withheld. Bucket c (all right) is not in the mean and not counted.
+    labels = [1] * 47 + [0] * 33 + [1] * 3 + [0] * 17 + [0] * 5
+    strata = ["a"] * 80 + ["b"] * 20 + ["c"] * 5
+    assert interval_withheld(labels) is None
+    assert stratified_interval_withheld(labels, strata) == \
+        "no interval: in b 3 wrong answers (fewer than 10 in a bucket)"
+    assert stratified_interval_withheld([1] * 10 + [0] * 10 + [0] * 5, ["a"] * 20 + ["c"] * 5) is None

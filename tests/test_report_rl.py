@@ -13,8 +13,8 @@ import pytest
 
 from language_entropy.errors import UserError
 from language_entropy.pipeline.runs import load_curves, load_runs
-from language_entropy.report import baseline_overrides, rebuild_report, write_report
-from language_entropy.statistics import paired_interval
+from language_entropy.report import baseline_overrides, metric_range, rebuild_report, write_report
+from language_entropy.statistics import bounded_interval, paired_interval, seed_interval
 
 EXPERIMENT, STUDY = "rl-report-test", "rl-study"
 HELD_OUT = "rl_val_exact_match"
@@ -166,3 +166,13 @@ def test_baseline_overrides_name_what_is_wrong():
     with pytest.raises(UserError, match="expected KEY=VALUE"):
         baseline_overrides(["rl.clip_high"])
     assert math.isfinite(float(baseline_overrides(["rl.kl_coef=0.05"])["rl.kl_coef"]))
+
+
+def test_the_fit_r2_is_a_bounded_reading():
+    # R^2 of a least-squares fit with an intercept lies in [0, 1]; six small R^2 (as the RL study's clip-higher runs)
+    # give a t interval below 0, the bounded one stays inside and holds the mean
+    assert metric_range("rl_fit.r2") == (0.0, 1.0)
+    values = [0.0004, 0.046, 0.022, 0.029, 0.169, 0.76]
+    assert seed_interval(values)["ci_low"] < 0
+    bounded = bounded_interval(values, *metric_range("rl_fit.r2"))
+    assert 0 < bounded["ci_low"] < bounded["mean"] < bounded["ci_high"] < 1

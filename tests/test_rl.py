@@ -144,15 +144,80 @@ def test_covariance_and_the_tokens_kl_cov_and_clip_cov_pick_match_brute_force():
         assert {tuple(cell) for cell in picked.nonzero().tolist()} == set(ranked[:count])
 
     low, high = -0.2, 0.4
-    band = {cell for cell, value in brute.items() if low <= value <= high}
+    band = {cell for cell, value in brute.items() if low < value < high}
     assert 3 < len(band) < len(brute)
-    everything = rl.clip_cov_tokens(covariance, mask, 1.0, low, high, torch.Generator().manual_seed(0))
+    unclipped = torch.zeros_like(mask)
+    everything = rl.clip_cov_tokens(covariance, mask, unclipped, 1.0, low, high, torch.Generator().manual_seed(0))
     assert {tuple(cell) for cell in everything.nonzero().tolist()} == band  # the ratio allows more than the band
-    some = rl.clip_cov_tokens(covariance, mask, 0.1, low, high, torch.Generator().manual_seed(0))
+    some = rl.clip_cov_tokens(covariance, mask, unclipped, 0.1, low, high, torch.Generator().manual_seed(0))
     chosen = {tuple(cell) for cell in some.nonzero().tolist()}
     assert chosen <= band and len(chosen) == int(0.1 * len(brute))
-    again = rl.clip_cov_tokens(covariance, mask, 0.1, low, high, torch.Generator().manual_seed(0))
+    again = rl.clip_cov_tokens(covariance, mask, unclipped, 0.1, low, high, torch.Generator().manual_seed(0))
     assert torch.equal(some, again)  # a seeded draw
+
+
+def second_update_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two answers of two tokens, A = (+1, -1), as at a step's second update: token (0, 0) has r = 1.5 with A > 0
+    and token (1, 1) r = 0.5 with A < 0, so the clip [0.8, 1.28] binds on both; (0, 1) and (1, 0) have r = 1.
+    log pi = (-0.05, -2.0) and (-0.1, -2.0) (mean -1.0375): the covariances are +0.9875 and +0.9625 on the two
+    clipped tokens, -0.9625 and -0.9375 on the others."""
+    logp = torch.tensor([[-0.05, -2.0], [-0.1, -2.0]])
+    old_logp = logp - torch.log(torch.tensor([[1.5, 1.0], [1.0, 0.5]]))
+    return logp, old_logp, torch.tensor([1.0, -1.0]), torch.ones(2, 2, dtype=torch.bool)
+
+
+def test_clip_cov_skips_the_tokens_where_the_clip_binds_and_its_band_is_open():
+    logp, old_logp, advantages, mask = second_update_batch()
+    _, clipped = rl.clipped_objective(logp, old_logp, advantages, 0.2, 0.28)
+    assert clipped.tolist() == [[True, False], [False, True]]
+    covariance = rl.token_covariance(logp, advantages, mask)
+    assert covariance.flatten().tolist() == pytest.approx([0.9875, -0.9625, -0.9375, 0.9625])
+    generator = torch.Generator().manual_seed(0)
+    # the band (0.5, 5) holds only the two high-covariance tokens, and the clip already silences both: no pick
+    # (drawing from the band alone, as before, detached both)
+    assert not rl.clip_cov_tokens(covariance, mask, clipped, 1.0, 0.5, 5.0, generator).any()
+    # a band holding every token: only the two where the clip does not bind are candidates
+    wide = rl.clip_cov_tokens(covariance, mask, clipped, 1.0, -5.0, 5.0, generator)
+    assert wide.tolist() == [[False, True], [True, False]]
+    # the band is open, as verl's low < cov < high: covariances on its edges are not candidates
+    edges = torch.tensor([[1.0, 5.0, 3.0]])
+    picked = rl.clip_cov_tokens(edges, torch.ones(1, 3, dtype=torch.bool), torch.zeros(1, 3, dtype=torch.bool), 1.0,
+                                1.0, 5.0, generator)
+    assert picked.tolist() == [[False, False, True]]
+
+
+def loss_gradients(tuner: rl.FineTuner, logp, entropy, old_logp, advantages, mask, coefficient=0.0):
+    """d loss / d logp and d loss / d entropy of one update's objective (`FineTuner._loss`)."""
+    logp, entropy = logp.clone().requires_grad_(True), entropy.clone().requires_grad_(True)
+    loss, _, _ = tuner._loss(logp, entropy, old_logp, advantages, mask, None, coefficient, torch.Generator())
+    return torch.autograd.grad(loss, [logp, entropy], allow_unused=True)
+
+
+def test_kl_cov_is_unclipped_at_a_second_update_and_kl_cov_clipped_keeps_the_clip():
+    logp, old_logp, advantages, mask = second_update_batch()
+    entropy = torch.ones(2, 2)
+    # kl_cov_ratio 0.25 of 4 tokens: one pick, the largest covariance, (0, 0);
+    # its |log r| term adds kl_cov_coef * sign(log r) = +1 to its gradient. DAPO: every token / 4.
+    unclipped, _ = loss_gradients(tiny_tuner(cov_control="kl_cov", kl_cov_ratio=0.25), logp, entropy, old_logp,
+                                  advantages, mask)
+    # -r A on every token: d/dlogp = -r A, so (0, 0): (-1.5 + 1) / 4, (1, 1): +0.5 / 4
+    assert unclipped.flatten().tolist() == pytest.approx([-0.125, -0.25, 0.25, 0.125])
+    clipped, _ = loss_gradients(tiny_tuner(cov_control="kl_cov_clipped", kl_cov_ratio=0.25), logp, entropy,
+                                old_logp, advantages, mask)
+    # the clip silences the policy gradient of (0, 0) and (1, 1): (0, 0) keeps only its |log r| term
+    assert clipped.flatten().tolist() == pytest.approx([0.25, -0.25, 0.25, 0.0])
+
+
+def test_the_entropy_term_under_a_top_entropy_mask_acts_on_the_tokens_the_mask_keeps():
+    logp = torch.full((2, 2), -1.0)
+    entropy = torch.tensor([[0.1, 0.9], [0.5, 0.2]])  # top 25%: (0, 1) alone (the 0.75 quantile is 0.6)
+    mask, advantages = torch.ones(2, 2, dtype=torch.bool), torch.zeros(2)
+    values = {"token_mask": "top_entropy", "token_mask_quantile": 0.25}
+    _, masked = loss_gradients(tiny_tuner(**values), logp, entropy, logp, advantages, mask, coefficient=-0.1)
+    assert masked.flatten().tolist() == pytest.approx([0.0, -0.1, 0.0, 0.0])  # the mean over the one kept token
+    _, every = loss_gradients(tiny_tuner(**values, entropy_tokens="all"), logp, entropy, logp, advantages, mask,
+                              coefficient=-0.1)
+    assert every.flatten().tolist() == pytest.approx([-0.025] * 4)  # the mean over all 4 tokens
 
 
 @pytest.mark.parametrize("entropy_bits, direction", [(0.1, "grows"), (3.0, "shrinks")])
@@ -228,6 +293,8 @@ def test_the_early_fit_forecasts_from_the_first_15_percent_of_steps_and_scores_i
     ({"reward": "partial"}, "reward must be one of ['exact', 'digits'] (got 'partial')"),
     ({"loss_type": "bnpo"}, "loss_type must be one of ['grpo', 'dapo', 'dr_grpo'] (got 'bnpo')"),
     ({"token_mask": "high"}, "token_mask must be one of"),
+    ({"entropy_tokens": "kept"}, "entropy_tokens must be one of ['masked', 'all'] (got 'kept')"),
+    ({"cov_control": "kl"}, "cov_control must be one of ['none', 'clip_cov', 'kl_cov', 'kl_cov_clipped']"),
     ({"minibatches": 3}, "minibatches must divide rl.prompts_per_step (16)"),
 ])
 def test_bad_rl_params_are_one_line_naming_the_key(values, message):

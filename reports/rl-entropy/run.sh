@@ -10,7 +10,9 @@
 #   target       the adaptive SAC-style coefficient holding the sampled entropy at 0.28 bits (the trained level)
 #   top20        the policy gradient on the 20% highest-entropy tokens only (Wang et al. 2025)
 #   clip-higher  rl.clip_high 0.28 (DAPO)
-#   kl-cov       KL-Cov on the 2% of tokens with the largest log-probability/advantage covariance (Cui et al. 2025)
+#   kl-cov       KL-Cov on the 2% of tokens with the largest log-probability/advantage covariance (Cui et al. 2025;
+#                rl.cov_control kl_cov: the paper's unclipped objective since issue 33; the committed arm ran the PPO
+#                clip plus KL-Cov, now rl.cov_control=kl_cov_clipped)
 # RL: rl.steps 300 (plain RL's accuracy flattens by about step 200 in the pilot), two minibatches per step so
 # that the second update is off-policy and the clip (and clip-higher) can bind, validation every 10 steps for
 # the entropy-accuracy fit; the rest at the defaults. Evaluation trimmed to what the report reads (greedy only,
