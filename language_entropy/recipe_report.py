@@ -19,7 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from language_entropy.statistics import bounded_interval, exact_proportion_interval, paired_interval
+from language_entropy.statistics import (
+    bounded_interval,
+    detectable_difference,
+    exact_proportion_interval,
+    paired_interval,
+)
 from language_entropy.time_to_learn import markdown_section, plot_time_to_learn, time_to_learn_table
 
 SUMMARY_COLUMNS = ("section", "config", "reading", "statistic", "value", "low", "high", "n")
@@ -27,6 +32,7 @@ SUPERVISED_RATES = ("test_exact_match", "test_add_exact_match", "test_sub_exact_
                     "ood_add_exact_match", "ood_sub_exact_match")
 RL_SPLITS = ("test", "rl_val", "ood")  # 1-3 digits (the trained lengths), the RL validation problems, OOD
 OPERATIONS = ("", "add_", "sub_")
+POWER_SEEDS = 12  # the study size the power row speaks of: the difference 12 seeds per configuration resolve
 
 
 def _row(section: str, config: str, reading: str, statistic: str, value: float, low: float = math.nan,
@@ -39,7 +45,7 @@ def supervised_rows(table: pd.DataFrame, baseline: str, budget: float) -> tuple[
     """Per recipe: the stall count (exact 95%), min and median test exact match, each rate's mean (bounded 95%)
     and its paired difference from `baseline`; and the time-to-learn table (steps to 90% censored at `budget`)."""
     rows: list[dict] = []
-    recipes = list(dict.fromkeys(table["config"]))
+    recipes = [baseline, *(r for r in dict.fromkeys(table["config"]) if r != baseline)]  # the baseline first
     base = table[table["config"] == baseline].set_index("seed")
     for recipe in recipes:
         own = table[table["config"] == recipe].set_index("seed").sort_index()
@@ -58,6 +64,10 @@ def supervised_rows(table: pd.DataFrame, baseline: str, budget: float) -> tuple[
                 rows.append(_row("supervised", recipe, rate, f"diff vs {baseline}", diff["diff"], diff["diff_low"],
                                  diff["diff_high"], diff["n"]))
                 rows.append(_row("supervised", recipe, rate, f"p vs {baseline}", diff["p"], n=diff["n"]))
+        sd = float(own["ood_exact_match"].std(ddof=1))
+        rows.append(_row("supervised", recipe, "ood_exact_match", "sd", sd, n=n))
+        rows.append(_row("supervised", recipe, "ood_exact_match", f"resolved by {POWER_SEEDS} seeds",
+                         detectable_difference(sd, POWER_SEEDS), n=n))
         rows.append(_row("supervised", recipe, "tokens_per_s", "median", own["tokens_per_s"].median(), n=n))
     units = table.rename(columns={"steps_to_90": "learning.steps_to_90"})
     survival = time_to_learn_table(units, dict.fromkeys(recipes, budget), dict.fromkeys(recipes, baseline),
@@ -70,7 +80,7 @@ def supervised_rows(table: pd.DataFrame, baseline: str, budget: float) -> tuple[
     return rows, survival
 
 
-def rl_rows(table: pd.DataFrame) -> list[dict]:
+def rl_rows(table: pd.DataFrame, section: str = "rl") -> list[dict]:
     """Per RL configuration and split (overall and per operation): the mean change of greedy exact match from
     the trained model (after - before, paired over (trained model, rl.seed) units, 95%), the worst unit's change,
     and the mean before and after."""
@@ -83,12 +93,13 @@ def rl_rows(table: pd.DataFrame) -> list[dict]:
                     continue
                 after, before = (own[f"{when}_{reading}"].to_numpy(dtype=float) for when in ("after", "before"))
                 change = paired_interval(after, before)
-                rows.append(_row("rl", config, reading, "change", change["diff"], change["diff_low"],
+                rows.append(_row(section, config, reading, "change", change["diff"], change["diff_low"],
                                  change["diff_high"], change["n"]))
-                rows.append(_row("rl", config, reading, "worst change", float(np.min(after - before)), n=len(own)))
+                rows.append(_row(section, config, reading, "worst change", float(np.min(after - before)),
+                                 n=len(own)))
                 for when, values in (("before", before), ("after", after)):
                     interval = bounded_interval(values)
-                    rows.append(_row("rl", config, reading, when, interval["mean"], interval["ci_low"],
+                    rows.append(_row(section, config, reading, when, interval["mean"], interval["ci_low"],
                                      interval["ci_high"], len(values)))
     return rows
 
@@ -131,7 +142,14 @@ def markdown(summary: pd.DataFrame, survival: pd.DataFrame, baseline: str, rl_ba
                      f"{_pct(test['value'])} [{_pct(test['low'])}, {_pct(test['high'])}] | {_pct(ood['value'])} "
                      f"[{_pct(ood['low'])}, {_pct(ood['high'])}] | {delta} | "
                      f"{get('supervised', recipe, 'tokens_per_s', 'median')['value']:.0f} |")
-    lines += ["", *markdown_section(survival)]
+    resolved = f"resolved by {POWER_SEEDS} seeds"
+    power = "; ".join(f"{recipe}: sd {get('supervised', recipe, 'ood_exact_match', 'sd')['value']:.3f}, "
+                      f"{100 * get('supervised', recipe, 'ood_exact_match', resolved)['value']:.1f} points"
+                      for recipe in recipes)
+    lines += ["", f"Power: the between-seed sd of OOD exact match, and the difference {POWER_SEEDS} seeds per "
+              "configuration resolve with 80% power at a two-sided 5% level (unpaired, normal approximation; a "
+              f"paired study whose seeds correlate resolves a smaller one): {power}.", "",
+              *markdown_section(survival)]
     rl_configs = list(dict.fromkeys(summary.loc[summary["section"] == "rl", "config"]))
     if rl_configs:
         lines += ["## RL fine-tuning: before and after", "",
@@ -153,6 +171,19 @@ def markdown(summary: pd.DataFrame, survival: pd.DataFrame, baseline: str, rl_ba
                                  f"[{_points(change['low'])}, {_points(change['high'])}] | "
                                  f"{_points(get('rl', config, reading, 'worst change')['value'])} |")
         lines.append("")
+    levers = list(dict.fromkeys(summary.loc[summary["section"] == "levers", "config"]))
+    if levers:
+        lines += ["## What made RL forget: one setting at a time", "",
+                  "One trained model and one rl.seed per row; greedy exact match after RL and its change from the "
+                  "trained model, in points.", "",
+                  "| lever | test add | test sub | rl_val (4x4) | OOD |", "|" + " --- |" * 5]
+        for lever in levers:
+            cells = []
+            for reading in ("test_add_exact_match", "test_sub_exact_match", "rl_val_exact_match", "ood_exact_match"):
+                after, change = get("levers", lever, reading, "after"), get("levers", lever, reading, "change")
+                cells.append(f"{_pct(after['value'])} ({_points(change['value'])})")
+            lines.append(f"| {lever} | " + " | ".join(cells) + " |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -163,8 +194,9 @@ def write_defaults_report(study_dir: str | Path, baseline: str, budget: float, r
     study_dir = Path(study_dir)
     supervised = pd.read_csv(study_dir / "supervised.csv")
     rows, survival = supervised_rows(supervised, baseline, budget)
-    if (study_dir / "rl.csv").is_file():
-        rows += rl_rows(pd.read_csv(study_dir / "rl.csv"))
+    for name, section in (("rl.csv", "rl"), ("levers.csv", "levers")):
+        if (study_dir / name).is_file():
+            rows += rl_rows(pd.read_csv(study_dir / name), section)
     summary = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
     paths = {"csv": study_dir / "summary.csv", "markdown": study_dir / "summary.md"}
     summary.to_csv(paths["csv"], index=False)

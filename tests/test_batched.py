@@ -208,4 +208,4 @@ def test_batched_runs_are_written_as_the_train_stage_writes_separate_runs(tmp_pa
                                                                                                           "checkpoint")}
 
         assert artifacts(run.info.run_id) == artifacts(expected_run.info.run_id) == {
-            "train_curve.csv", "checkpoint", "checkpoint/model.pt"}
+            "train_curve.csv", "learning.json", "checkpoint", "checkpoint/model.pt"}

@@ -74,8 +74,18 @@ def test_repro_writes_the_curve_the_fit_and_a_headline_before_and_after_rl(proje
     assert list(by_step) == [str(k) for k in range(len(by_step))] and len(by_step) >= 2
     assert all(row["before_bits"] > 0 and row["after_bits"] > 0 and set(row) == {
         "before_bits", "after_bits", "digit_blind_running_bits"} for row in by_step.values())
-    ood = json.loads((project / "metrics" / "summary.json").read_text())["test_ood"]
+    headline = json.loads((project / "metrics" / "summary.json").read_text())
+    ood, test = headline["test_ood"], headline["test"]
     assert {"exact_match_3_digits", "exact_match_3_digits_before_rl"} <= set(ood)  # OOD is 3x3 in the tiny data
+    # the trained lengths before and after RL, overall and per operation, beside eval.json's full numbers
+    report = json.loads((project / "metrics" / "eval.json").read_text())["test"]
+    assert test["exact_match_before_rl"] == report["before_rl"]["exact_match"]
+    assert {f"exact_match_{op}_before_rl" for op in ("add", "sub")} <= set(test)
+    assert all(0 <= test[key] <= 1 for key in test if key.startswith("exact_match"))
+    # 20 tiny steps learn nothing: the training section says it stalled, as the train stage's learning.json does
+    learning = json.loads((project / "metrics" / "learning.json").read_text())
+    assert headline["training"]["learned"] == learning["learned"] == 0.0
+    assert headline["training"]["final"] == learning["final"] < 0.9 and headline["training"]["steps_to_90"] is None
     for figure in ("rl_entropy_accuracy.png", "rl_entropy_by_step.png", "rl_curves.png"):
         assert (project / "plots" / figure).stat().st_size > 0
 

@@ -203,9 +203,9 @@ def test_report_files(store, tmp_path):
     paths = write_report(load_runs(EXPERIMENT, store), tmp_path / "reports", dpi=30, title="unit")
     swept = ["loss.continuity_metric", "loss.continuity_weight", "loss.entropy_temperature", "loss.entropy_weight",
              "model.pos_encoding"]
-    assert sorted(paths) == sorted(["csv", "seeds", "markdown", *swept])
+    assert sorted(paths) == sorted(["csv", "seeds", "markdown", "time_to_90", *swept])  # time to learn: censored
     assert {p.name for p in (tmp_path / "reports").iterdir()} == {"summary.csv", "seeds.csv", "summary.md",
-                                                                   *(f"{p}.png" for p in swept)}
+                                                                   "time_to_90.png", *(f"{p}.png" for p in swept)}
     table = pd.read_csv(paths["csv"])
     assert len(table) == len(CONFIGS) and table["seeds"].sum() == 14 and table["runs"].sum() == 16
     assert len(pd.read_csv(paths["seeds"])) == 14  # one row per seed unit
@@ -286,8 +286,9 @@ def test_trends_power_and_data_design_on_hand_made_seed_units():
 def test_single_configuration_has_no_swept_params_or_figures(store, tmp_path):
     runs = load_runs("tagged", store, study="s1")
     paths = write_report(runs, tmp_path, dpi=30)
-    assert sorted(paths) == ["csv", "markdown", "seeds"]
+    assert sorted(paths) == ["csv", "markdown", "seeds", "time_to_90"]  # no swept param; the Kaplan-Meier figure
     assert "| config | seeds | runs | baseline |" in paths["markdown"].read_text()
+    assert "## Time to learn: stalls and steps to 90%" in paths["markdown"].read_text()
 
 
 def test_missing_experiment_and_no_finished_runs(store, tmp_path):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from language_entropy import rl, tokenizer
 from language_entropy.checkpoint import load_checkpoint, save_checkpoint
 from language_entropy.data import with_text
-from language_entropy.errors import ParamsError
+from language_entropy.errors import ParamsError, UserError
 from language_entropy.losses import AdaptiveEntropyCoefficient
 from language_entropy.model import ArithmeticDecoder
 from language_entropy.params import DigitRange, ModelConfig, Params, RLConfig
@@ -317,10 +317,12 @@ TEXTS = with_text(draw_problems(np.random.default_rng(0), ("add",), DigitRange(1
 
 
 def tiny_tuner(**values) -> rl.FineTuner:
+    """A tiny model's tuner; the replay term off unless `values` turn it on (then it replays TEXTS)."""
     torch.manual_seed(0)
     config = RLConfig(**{"prompts_per_step": 8, "samples_per_prompt": 4, "lr": 1e-2, "reward": "digits",
-                         "temperature": 1.0, "scale_rewards": False, "log_every": 1, "eval_every": 100, **values})
-    return rl.FineTuner(ArithmeticDecoder(TINY_MODEL), config, TEXTS, TEXTS[:8], torch.device("cpu"))
+                         "temperature": 1.0, "scale_rewards": False, "log_every": 1, "eval_every": 100,
+                         "replay_weight": 0.0, "replay_batch_size": 16, **values})
+    return rl.FineTuner(ArithmeticDecoder(TINY_MODEL), config, TEXTS, TEXTS[:8], torch.device("cpu"), TEXTS)
 
 
 def mean_rewards(tuner: rl.FineTuner, steps: int) -> list[float]:
@@ -360,7 +362,7 @@ def test_adaptive_coefficient_in_a_run_grows_the_bonus_below_its_target():
 
 def test_restored_state_continues_bit_exactly(tmp_path):
     values = {"token_mask": "bottom_entropy", "cov_control": "clip_cov", "clip_cov_low": -10.0, "minibatches": 2,
-              "ppo_epochs": 2, "entropy_target": 3.0, "kl_coef": 0.05}
+              "ppo_epochs": 2, "entropy_target": 3.0, "kl_coef": 0.05, "replay_weight": 0.5}
     straight = tiny_tuner(**values)
     mean_rewards(straight, 6)
 
@@ -373,3 +375,30 @@ def test_restored_state_continues_bit_exactly(tmp_path):
     expected, got = straight.policy.state_dict(), resumed.policy.state_dict()
     assert all(torch.equal(expected[name], got[name]) for name in expected)
     assert torch.equal(straight.adaptive.log_alpha.detach(), resumed.adaptive.log_alpha.detach())
+
+
+def test_the_replay_term_is_the_cross_entropy_of_the_answers_of_its_problems():
+    tuner = tiny_tuner(replay_weight=1.0)
+    tokens = tuner.replay_batch()  # (16, W): this step's replay problems, trimmed to the longest
+    assert tokens.shape[0] == 16 and (tokens[:, -1] != tokenizer.PAD_ID).any()
+    # by hand: -log p of each answer token (after '=', EOS included) under the model in eval mode, then the mean
+    logits = tuner.policy(tokens[:, :-1]).float()
+    total, count = 0.0, 0
+    for row in range(tokens.shape[0]):
+        ids = tokens[row].tolist()
+        equals = ids.index(tokenizer.encode("=")[0])
+        for position in range(equals, len(ids) - 1):
+            if ids[position + 1] == tokenizer.PAD_ID:
+                break
+            total -= torch.log_softmax(logits[row, position], dim=-1)[ids[position + 1]].item()
+            count += 1
+    assert tuner.replay_loss(tokens).item() == pytest.approx(total / count, rel=1e-5)
+    readings = tuner.train_step()
+    assert readings["replay_ce"] == pytest.approx(total / count, rel=1e-5)  # the first update's term
+    assert math.isnan(tiny_tuner().train_step()["replay_ce"])  # off: no reading
+
+
+def test_replay_without_problems_to_replay_is_refused_in_one_line():
+    config = RLConfig(replay_weight=1.0)
+    with pytest.raises(UserError, match="^rl.replay_weight > 0 needs the train split's problems to replay$"):
+        rl.FineTuner(ArithmeticDecoder(TINY_MODEL), config, TEXTS, TEXTS[:8], torch.device("cpu"))

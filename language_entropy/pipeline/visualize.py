@@ -65,20 +65,28 @@ def collect_trajectories(model: ArithmeticDecoder, frame: pd.DataFrame, layers: 
 
 
 def headline_lines(summary: dict[str, dict]) -> list[str]:
-    """metrics/summary.json as a few lines for the end of `dvc repro`."""
+    """metrics/summary.json as a few lines for the end of `dvc repro`: the training's outcome, then a line per
+    split (with each reading before -> after RL where the headline holds the trained model's)."""
     lines = []
-    for split, numbers in summary.items():
+    training = summary.get("training")
+    if training is not None:
+        steps = {level: training.get(f"steps_to_{level}") for level in (50, 90)}
+        reached = "  ".join(f"{level}% at step {step:.0f}" if step is not None else f"{level}% never"
+                            for level, step in steps.items())
+        verdict = "learned" if training["learned"] else "STALLED (validation exact match below 0.9 at the end)"
+        lines.append(f"{'training':<9} {verdict}: validation exact match {training['final']:.4f}  {reached}")
+    for split, numbers in ((split, numbers) for split, numbers in summary.items() if split != "training"):
         operations = "  ".join(f"{key.removeprefix('exact_match_')} {value:.4f}" for key, value in numbers.items()
                                if key.startswith("exact_match_") and not key.startswith("exact_match_ci")
-                               and "_digits" not in key)
+                               and "_digits" not in key and not key.endswith("_before_rl"))
         line = (f"{split:<9} exact match {numbers['exact_match']:.4f} [{numbers['exact_match_ci_low']:.4f}, "
                 f"{numbers['exact_match_ci_high']:.4f}]  {operations}  entropy {numbers['mean_entropy_bits']:.4f} bits"
                 f"  sequence ECE {numbers['sequence_ece']:.4f}  perplexity {numbers['perplexity']:.4f}")
-        before = {key: value for key, value in numbers.items() if key.endswith("_digits_before_rl")}
-        if before:  # exact match per operand length, before -> after RL
+        before = {key: value for key, value in numbers.items() if key.endswith("_before_rl")}
+        if before:  # the trained model -> after RL: overall, per operation, per operand length
             line += "  RL " + "  ".join(
-                f"{key.removeprefix('exact_match_').removesuffix('_before_rl').replace('_', ' ')} {value:.4f} -> "
-                f"{numbers[key.removesuffix('_before_rl')]:.4f}" for key, value in before.items())
+                f"{key.removeprefix('exact_match').removesuffix('_before_rl').strip('_').replace('_', ' ') or 'all'} "
+                f"{value:.4f} -> {numbers[key.removesuffix('_before_rl')]:.4f}" for key, value in before.items())
         aurocs = {key.removeprefix("auroc_"): value for key, value in numbers.items() if key.startswith("auroc_")}
         if aurocs:
             line += "  AUROC " + " ".join(f"{name} {'undefined' if value is None else f'{value:.3f}'}"
