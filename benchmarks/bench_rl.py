@@ -3,10 +3,10 @@
     python benchmarks/bench_rl.py [--repeats 5] [--smoke]
 
 An RL step (`rl.FineTuner.train_step`: sample rl.prompts_per_step x rl.samples_per_prompt answers with the
-KV cache, reward, advantages, one scoring forward and backward, AdamW) of the trained default model at
-models/model.pt when there is one (else an untrained default-size model, whose answers run to the length
-budget: an upper bound), against a training step of the default `Trainer` (batch train.batch_size of 1-3 digit
-problems). Both are timed in alternating blocks of steps, median over `repeats`, in one process on this
+KV cache, reward, advantages, one scoring forward and backward with the replay term's, AdamW) of the trained
+default model at models/model.pt when there is one (else an untrained default-size model, whose answers run to
+the length budget: an upper bound), against a training step of the default `Trainer` (batch train.batch_size of
+1-3 digit problems). Both are timed in alternating blocks of steps, median over `repeats`, in one process on this
 machine's threads. Prints one JSON object: rl_step_ms, train_step_ms, rl_step_vs_train_step (the issue's
 bound: at most 3) and which model the RL step ran.
 """
@@ -49,8 +49,8 @@ def bench_rl_step(repeats: int = 5, block: int = 5, smoke: bool = False) -> dict
                         params.data.reverse_answer)["text"].tolist()
     steps = 2 if smoke else block
     rl_config = dataclasses.replace(params.rl, steps=10**9)  # the schedule never ends inside the benchmark
-    tuner = FineTuner(model, rl_config, prompts, prompts[:10], CPU)
     texts = bench_model.training_texts(20_000)
+    tuner = FineTuner(model, rl_config, prompts, prompts[:10], CPU, texts)  # the step replays texts (rl.replay_*)
     trainer = Trainer(params.model, params.loss, params.train, params.seed, texts, texts[:10], CPU)
 
     def rl_block() -> None:
