@@ -50,7 +50,9 @@ def supervised_rows(table: pd.DataFrame, baseline: str, budget: float) -> tuple[
     for recipe in recipes:
         own = table[table["config"] == recipe].set_index("seed").sort_index()
         n, stalls = len(own), int((own["learned"].astype(float) == 0).sum())
-        rows.append(_row("supervised", recipe, "stalls", "count", stalls, *exact_proportion_interval(stalls, n), n))
+        low, high = exact_proportion_interval(stalls, n)
+        rows.append(_row("supervised", recipe, "stalls", "count", stalls, low, high, n))
+        rows.append(_row("supervised", recipe, "stalls", "rate", stalls / n, low, high, n))
         rows.append(_row("supervised", recipe, "test_exact_match", "min", own["test_exact_match"].min(), n=n))
         rows.append(_row("supervised", recipe, "test_exact_match", "median", own["test_exact_match"].median(), n=n))
         for rate in SUPERVISED_RATES:

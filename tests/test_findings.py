@@ -162,3 +162,52 @@ def test_the_check_finds_a_wrong_number_an_untraced_one_and_a_stale_trace():
         "quoted in the findings but not traced: 'Δ +0.5 [+0.1, +0.9]'"]
     stale = text[:findings_end].replace("(q 0.0057", "(q 0.006") + text[findings_end:]
     assert "traced but not quoted in the findings: 'q 0.0057'" in check_findings(stale, summary, seeds, summary_md)
+
+
+# --- reports/defaults: its summary.csv is one number a row (section, config, reading, statistic) ---------------
+
+DEFAULTS = REPORTS / "defaults"
+INTERVAL = re.compile(rf"{NUMBER}%? \[{NUMBER}%?, {NUMBER}%?\]")
+
+
+def check_defaults_findings(text: str, summary: pd.DataFrame) -> list[str]:
+    """The defaults README's provenance table has rows | quoted | section | config | reading | statistic | scale |:
+    the quoted text must appear in the Findings, and its numbers (value, then low and high when it has an
+    interval) are that summary.csv row's times scale (100 for percent and points), at the precision written.
+    Every "X [L, H]" of the Findings must be quoted by some row."""
+    findings, rows = findings_and_tables(text)
+    problems, traced = [], []
+    for row in (r for r in rows if len(r) == 6 and r[0] != "quoted"):
+        quoted, section, config, reading, statistic, scale = (cell.strip("`") for cell in row)
+        traced.append(quoted)
+        if quoted not in findings:
+            problems.append(f"{quoted!r} is traced but not in the findings")
+        hit = summary[(summary["section"] == section) & (summary["config"] == config)
+                      & (summary["reading"] == reading) & (summary["statistic"] == statistic)]
+        if len(hit) != 1:
+            problems.append(f"{quoted!r}: ({section}, {config}, {reading}, {statistic}) is {len(hit)} rows")
+            continue
+        written = re.findall(NUMBER, quoted)
+        data = [hit.iloc[0][column] * float(scale) for column in ("value", "low", "high")][:len(written)]
+        if not all(matches(w, v) for w, v in zip(written, data, strict=True)):
+            problems.append(f"{quoted!r} ({config}, {reading}, {statistic}): the data say "
+                            + ", ".join(f"{v:.4g}" for v in data))
+    untraced = [m for m in INTERVAL.findall(findings) if not any(m in quoted for quoted in traced)]
+    problems += [f"{m!r} is quoted in the findings but not traced" for m in untraced]
+    return problems
+
+
+def test_the_defaults_findings_quote_their_summary():
+    text = (DEFAULTS / "README.md").read_text()
+    assert check_defaults_findings(text, pd.read_csv(DEFAULTS / "summary.csv")) == []
+
+
+def test_the_defaults_check_finds_a_wrong_number_and_an_untraced_one():
+    text, summary = (DEFAULTS / "README.md").read_text(), pd.read_csv(DEFAULTS / "summary.csv")
+    findings, rows = findings_and_tables(text)
+    quoted = next(r[0] for r in rows if len(r) == 6 and r[0] != "quoted" and re.search(r"\[", r[0]))
+    first = re.findall(NUMBER, quoted)[0]
+    wrong = quoted.replace(first, f"{float(first) + 3:.{len(first.split('.')[-1]) if '.' in first else 0}f}", 1)
+    assert any("the data say" in p for p in check_defaults_findings(text.replace(quoted, wrong), summary))
+    extra = text.replace("## Findings\n", "## Findings\n\n12.3 [4.5, 67.8] untraced.\n", 1)
+    assert any("not traced" in p for p in check_defaults_findings(extra, summary))
