@@ -42,8 +42,9 @@ def _row(section: str, config: str, reading: str, statistic: str, value: float, 
 
 
 def supervised_rows(table: pd.DataFrame, baseline: str, budget: float) -> tuple[list[dict], pd.DataFrame]:
-    """Per recipe: the stall count (exact 95%), min and median test exact match, each rate's mean (bounded 95%)
-    and its paired difference from `baseline`; and the time-to-learn table (steps to 90% censored at `budget`)."""
+    """Per recipe: the stall count and rate (exact 95%), min and median test exact match, each rate's mean (bounded
+    95%) and its paired difference from `baseline` (also over the seeds where the baseline learned); and the
+    time-to-learn table (steps to 90% censored at `budget`, log-rank and Fisher p against the baseline)."""
     rows: list[dict] = []
     recipes = [baseline, *(r for r in dict.fromkeys(table["config"]) if r != baseline)]  # the baseline first
     base = table[table["config"] == baseline].set_index("seed")
@@ -66,6 +67,11 @@ def supervised_rows(table: pd.DataFrame, baseline: str, budget: float) -> tuple[
                 rows.append(_row("supervised", recipe, rate, f"diff vs {baseline}", diff["diff"], diff["diff_low"],
                                  diff["diff_high"], diff["n"]))
                 rows.append(_row("supervised", recipe, rate, f"p vs {baseline}", diff["p"], n=diff["n"]))
+                learned = base.loc[seeds, "learned"].astype(float).to_numpy() == 1  # the baseline's stalls left out
+                diff = paired_interval(own.loc[seeds, rate].to_numpy(dtype=float)[learned],
+                                       base.loc[seeds, rate].to_numpy(dtype=float)[learned])
+                rows.append(_row("supervised", recipe, rate, f"diff vs {baseline} where it learned", diff["diff"],
+                                 diff["diff_low"], diff["diff_high"], diff["n"]))
         sd = float(own["ood_exact_match"].std(ddof=1))
         rows.append(_row("supervised", recipe, "ood_exact_match", "sd", sd, n=n))
         rows.append(_row("supervised", recipe, "ood_exact_match", f"resolved by {POWER_SEEDS} seeds",
@@ -79,6 +85,7 @@ def supervised_rows(table: pd.DataFrame, baseline: str, budget: float) -> tuple[
         if item.config != baseline:
             rows.append(_row("supervised", item.config, "steps_to_90", f"log-rank p vs {baseline}", item.logrank_p,
                              n=item.n))
+            rows.append(_row("supervised", item.config, "stalls", f"Fisher p vs {baseline}", item.fisher_p, n=item.n))
     return rows, survival
 
 

@@ -47,6 +47,10 @@ def test_supervised_rows_by_hand():
     assert (diff["low"], diff["high"]) == pytest.approx((differences.mean() - half, differences.mean() + half))
     assert _get(rows, "new", "ood_exact_match", "p vs old")["value"] == pytest.approx(
         stats.ttest_1samp(differences, 0).pvalue)
+    # where the baseline learned (seeds 0 and 2): +0.05 and -0.02
+    assert _get(rows, "new", "ood_exact_match", "diff vs old where it learned")["value"] == pytest.approx(0.015)
+    assert _get(rows, "new", "stalls", "Fisher p vs old")["value"] == pytest.approx(
+        stats.fisher_exact([[0, 4], [2, 2]]).pvalue)
     assert survival.set_index("config").loc["old", "stalls"] == 2
     assert _get(rows, "new", "steps_to_90", "KM median")["value"] == 800
 
