@@ -86,15 +86,19 @@ HEADLINE_KEYS = {"exact_match", "exact_match_ci_low", "exact_match_ci_high", "ex
                  "mean_entropy_bits", "sequence_ece", "perplexity"}
 OOD_DETECTORS = {"auroc_semantic_entropy", "auroc_token_entropy", "auroc_sequence_nll"}
 OOD_BY_LENGTH = {"exact_match_3_digits", "exact_match_3_digits_before_rl"}  # the tiny OOD split: 3x3 digits
+BEFORE_RL = {"exact_match_before_rl", "exact_match_add_before_rl", "exact_match_sub_before_rl"}  # the trained model
+TRAINING = {"learned", "final", "steps_to_50", "steps_to_90"}  # whether the training learned, and when
 
 
 def test_headline_adhoc_runs_and_a_narrow_exp_show(tiny_project):
     run(["dvc", "repro", "--quiet"], tiny_project)
     summary = json.loads((tiny_project / "metrics" / "summary.json").read_text())
-    assert set(summary) == {"test", "test_ood"}
-    assert set(summary["test"]) == HEADLINE_KEYS
+    assert set(summary) == {"test", "test_ood", "training"}
+    assert set(summary["test"]) == HEADLINE_KEYS | BEFORE_RL
     assert set(summary["test_ood"]) == HEADLINE_KEYS | OOD_DETECTORS | OOD_BY_LENGTH
-    assert sum(len(numbers) for numbers in summary.values()) <= 24  # default OOD: 4 and 5 digits, before and after
+    assert set(summary["training"]) == TRAINING
+    # narrow enough for `dvc exp show`: at the defaults (OOD 4 and 5 digits, before and after RL) 11 + 15 + 4 = 30
+    assert sum(len(numbers) for numbers in summary.values()) <= 30
     run(["git", "add", "-A"], tiny_project)
     run(["git", "commit", "-q", "-m", "results"], tiny_project)
 
