@@ -19,6 +19,7 @@ import yaml
 
 from language_entropy.checkpoint import load_model, model_payload, save_checkpoint
 from language_entropy.data import generate_splits
+from language_entropy.evaluation import operation_rates
 from language_entropy.learning_speed import learned, learning_speed
 from language_entropy.measure import greedy_right
 from language_entropy.model import ArithmeticDecoder
@@ -45,12 +46,11 @@ def params_with(path: Path, seed: int, overrides: list[str]) -> Params:
 
 
 def exact_match_by_operation(model: ArithmeticDecoder, frame: pd.DataFrame, name: str) -> dict[str, float]:
-    """Greedy exact match on the problems of `frame`, overall and per operation: {name_exact_match, name_add_...}."""
-    right = greedy_right(model, frame["text"].tolist())
-    row = {f"{name}_exact_match": float(right.mean())}
-    for op in sorted(frame["op"].unique()):
-        row[f"{name}_{op}_exact_match"] = float(right[(frame["op"] == op).to_numpy()].mean())
-    return row
+    """Greedy exact match on the problems of `frame`, overall and per operation (`evaluation.operation_rates`), as
+    flat columns: {name_exact_match, name_add_exact_match, ...}."""
+    rates = operation_rates(frame, greedy_right(model, frame["text"].tolist()))
+    return {f"{name}_exact_match": rates["exact_match"],
+            **{f"{name}_{op}_exact_match": values["exact_match"] for op, values in rates["per_operation"].items()}}
 
 
 def score_trained_seed(path: Path, seed: int, overrides: list[str], device: torch.device,
